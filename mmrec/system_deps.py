@@ -1,0 +1,44 @@
+"""Debian packages the built-in data needs: the colour emoji font and Unicode's emoji groups.
+
+Run by `make setup`. As root it installs what is missing; otherwise it says once what is missing and
+how to get it, and the loaders degrade (e.g. emoji-market without images) instead of failing.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+# package -> a file that proves it is installed
+PACKAGES: dict[str, str] = {
+    "fonts-noto-color-emoji": "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
+    "unicode-data": "/usr/share/unicode/emoji/emoji-test.txt",
+    # real product photos for the zero-shot image benchmark (bench/encoders_crossmodal.py)
+    "dataset-fashion-mnist": "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
+}
+
+
+def missing() -> list[str]:
+    return [pkg for pkg, probe in PACKAGES.items() if not Path(probe).exists()]
+
+
+def ensure() -> int:
+    todo = missing()
+    if not todo:
+        return 0
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        print(f"mmrec: note: missing Debian packages {' '.join(todo)}; install them with "
+              f"`sudo apt-get install {' '.join(todo)}` (without them emoji-market has no images/groups)")
+        return 0
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+    result = subprocess.run(["apt-get", "install", "-y", "-qq", *todo], env=env)
+    if result.returncode != 0:
+        print(f"mmrec: note: could not install {' '.join(todo)} (apt-get exit {result.returncode})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(ensure())
