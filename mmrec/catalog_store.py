@@ -1,0 +1,320 @@
+"""Catalog items -> vectors -> the vector store, and the queries the service answers from it.
+
+This is the one place where `encoders` (titles and images to vectors in the shared text space) meets
+`index` (Qdrant): items become points with named vectors text / image / fused and the indexed payload;
+text queries, image queries, "similar items" and history-based recommendations become store queries
+grouped by product, so a product listed in 14 languages takes one slot of a result page.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from encoders.base import ImageInput
+from index import CollectionSchema, Filter, Group, Point, VectorStore, open_store
+from index.store import average_vector_query
+
+if TYPE_CHECKING:  # torch comes with these: imported when an encoder is built, not on import
+    from encoders.fusion import MultimodalEncoder
+
+log = logging.getLogger(__name__)
+
+# Payload keys returned with results, besides the indexed fields.
+DISPLAY_FIELDS = ("title", "description", "has_image")
+
+
+@dataclass
+class CatalogConfig:
+    """What turns items into vectors and where they are kept.
+
+    text_encoder / image_encoder: specs for `encoders.text.load_text_encoder` and
+      `encoders.image.load_image_encoder` (image_encoder None: text only).
+    adapter: a trained image->text adapter file; without one, images reach the text space through the
+      training-free ImageNet class-name bridge.
+    store: "edge" (a directory under the data dir) or "server" with `store_url`.
+    reindex_every: build the HNSW graph in the background once this many points are not in it (checked
+      at startup and after upserts); until then new points are scanned exactly, which is fast at that size.
+    """
+
+    text_encoder: str = "default"
+    image_encoder: str | None = "efficientnet-lite0"
+    adapter: str | None = None
+    store: str = "edge"
+    store_url: str | None = None
+    collection: str = "items"
+    reindex_every: int = 5_000
+    fusion: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ItemRecord:
+    """One item as the service receives it (already validated for types and sizes)."""
+
+    item_id: str
+    title: str
+    description: str | None = None
+    language: str | None = None
+    market: str | None = None
+    category: str | None = None
+    product_id: str | None = None
+    price: float | None = None
+    in_stock: bool = True
+    created_at: int | None = None
+    image: ImageInput | None = None
+
+
+class VectorCache:
+    """item id -> (fused vector, product id), most recently used kept, bounded.
+
+    Recommending from a history needs the history items' vectors on every request; fetching 50 vectors
+    from the engine costs more than the ANN query itself, so they are kept here (filled on upsert and on
+    first use, dropped on delete). The store stays the source of truth: a miss just reads it."""
+
+    def __init__(self, max_items: int = 200_000):
+        self.max_items = max_items
+        self._data: OrderedDict[str, tuple[np.ndarray, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, item_ids: Sequence[str]) -> tuple[dict[str, tuple[np.ndarray, str]], list[str]]:
+        found, missing = {}, []
+        with self._lock:
+            for i in item_ids:
+                entry = self._data.get(i)
+                if entry is None:
+                    missing.append(i)
+                else:
+                    self._data.move_to_end(i)
+                    found[i] = entry
+        return found, missing
+
+    def put(self, item_id: str, vector: np.ndarray, product_id: str) -> None:
+        with self._lock:
+            self._data[item_id] = (np.asarray(vector, dtype=np.float32), product_id)
+            self._data.move_to_end(item_id)
+            while len(self._data) > self.max_items:
+                self._data.popitem(last=False)
+
+    def drop(self, item_ids: Sequence[str]) -> None:
+        with self._lock:
+            for i in item_ids:
+                self._data.pop(i, None)
+
+
+@dataclass
+class Recommendation:
+    item_id: str
+    score: float
+    payload: dict[str, Any]
+    reasons: list[tuple[str, float]]
+
+
+def load_encoder(config: CatalogConfig) -> "MultimodalEncoder":
+    """The MultimodalEncoder named by the config (model weights come from installed packages only)."""
+    from encoders.fusion import FusionConfig, MultimodalEncoder
+    from encoders.text import load_text_encoder
+
+    text = load_text_encoder(config.text_encoder)
+    image = adapter = None
+    if config.image_encoder:
+        from encoders.image import load_image_encoder
+
+        image = load_image_encoder(config.image_encoder, threads=1)
+        if config.adapter:
+            from encoders.adapter import ImageTextAdapter
+
+            adapter = ImageTextAdapter.load(config.adapter)
+    return MultimodalEncoder(text, image, adapter, FusionConfig(**config.fusion))
+
+
+class CatalogStore:
+    """Encoders + vector store. Thread-safe: the encoders run one call at a time (torch models are not
+    re-entrant and the box has 2 cores anyway); the store handles its own concurrency."""
+
+    def __init__(self, encoder: "MultimodalEncoder", store: VectorStore, reindex_every: int = 5_000):
+        self.encoder = encoder
+        self.store = store
+        self.reindex_every = reindex_every
+        self._encode_lock = threading.Lock()
+        self._written_since_index = 0
+        self._indexing: threading.Thread | None = None
+        self.vectors = VectorCache()
+        info = store.info()
+        self._maybe_reindex(max(int(info.get("points") or 0) - int(info.get("indexed_vectors") or 0), 0))
+
+    @classmethod
+    def open(cls, data_dir: str | Path, config: CatalogConfig, encoder: "MultimodalEncoder | None" = None
+             ) -> "CatalogStore":
+        """Open the store in `data_dir` (creating it on first use) with the encoder the config names.
+        The encoder description is kept in `data_dir/catalog.json`: reopening with another encoder would
+        mix incomparable vectors, so it is refused."""
+        data_dir = Path(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        encoder = encoder or load_encoder(config)
+        meta_file = data_dir / "catalog.json"
+        described = {"encoder": encoder.name, "dim": encoder.dim}
+        if meta_file.exists():
+            stored = json.loads(meta_file.read_text())
+            if stored.get("encoder") != encoder.name or stored.get("dim") != encoder.dim:
+                raise ValueError(
+                    f"{data_dir} was indexed with encoder {stored.get('encoder')} ({stored.get('dim')}-d); this "
+                    f"service is configured with {encoder.name} ({encoder.dim}-d). Use the same encoders or a new "
+                    f"data dir"
+                )
+        else:
+            meta_file.write_text(json.dumps({**described, "config": asdict(config)}, indent=2))
+        dim = encoder.dim
+        schema = CollectionSchema(text_dim=dim, image_dim=dim, fused_dim=dim, name=config.collection)
+        if config.store == "edge":
+            store = open_store("edge", path=data_dir / "store", schema=schema)
+        else:
+            store = open_store("server", url=config.store_url, schema=schema, collection=config.collection)
+        return cls(encoder, store, config.reindex_every)
+
+    # --- writes -----------------------------------------------------------------------------------------
+    def upsert_items(self, items: Sequence[ItemRecord]) -> list[str]:
+        """Embed and store items; searchable and recommendable as soon as this returns. Raises
+        encoders.base.ImageDecodeError (naming the item) before anything is written if an image is bad."""
+        if not items:
+            return []
+        with self._encode_lock:
+            out = self.encoder.encode([it.title for it in items], [it.image for it in items], errors="raise")
+        now = int(time.time())
+        points = []
+        for i, it in enumerate(items):
+            vectors: dict[str, np.ndarray] = {"fused": out["fused"][i]}
+            if np.all(np.isfinite(out["text"][i])):
+                vectors["text"] = out["text"][i]
+            if out["has_image"][i]:
+                vectors["image"] = out["image"][i]
+            payload = {
+                "product_id": it.product_id or it.item_id, "language": it.language, "market": it.market,
+                "category": it.category, "price": it.price, "in_stock": it.in_stock,
+                "created_at": it.created_at if it.created_at is not None else now,
+                "title": it.title, "description": it.description, "has_image": bool(out["has_image"][i]),
+            }
+            points.append(Point(it.item_id, vectors, payload))
+        self.store.upsert(points, batch_size=max(len(points), 1))
+        for point in points:  # what is now stored (cosine: unit length, as the store returns it)
+            fused = np.asarray(point.vectors["fused"], dtype=np.float32)
+            self.vectors.put(point.item_id, fused / np.linalg.norm(fused), point.payload["product_id"])
+        self._maybe_reindex(len(points))
+        return [it.item_id for it in items]
+
+    def delete(self, item_id: str) -> bool:
+        if not self.store.get([item_id]):
+            return False
+        self.vectors.drop([item_id])
+        self.store.delete([item_id])
+        return True
+
+    def item_vectors(self, item_ids: Sequence[str]) -> dict[str, tuple[np.ndarray, str]]:
+        """(fused vector, product id) of the items that exist, from the cache or else the store."""
+        found, missing = self.vectors.get_many(item_ids)
+        if missing:
+            for p in self.store.get(missing, with_vectors=True):
+                if "fused" in p.vectors:
+                    product = p.payload.get("product_id", p.item_id)
+                    self.vectors.put(p.item_id, p.vectors["fused"], product)
+                    found[p.item_id] = (p.vectors["fused"], product)
+        return found
+
+    def _maybe_reindex(self, written: int) -> None:
+        self._written_since_index += written
+        if self._written_since_index < self.reindex_every or (self._indexing and self._indexing.is_alive()):
+            return
+        self._written_since_index = 0
+
+        def run() -> None:
+            try:
+                self.store.build_index()
+            except Exception:  # noqa: BLE001 - searches still work unindexed; log and go on
+                log.exception("background index build failed")
+
+        self._indexing = threading.Thread(target=run, name="mmrec-build-index", daemon=True)
+        self._indexing.start()
+
+    # --- reads ------------------------------------------------------------------------------------------
+    def get(self, item_id: str) -> dict[str, Any] | None:
+        found = self.store.get([item_id])
+        return found[0].payload if found else None
+
+    def count(self) -> int:
+        return self.store.count()
+
+    def embed_query(self, text: str) -> np.ndarray:
+        with self._encode_lock:
+            return self.encoder.text_encoder.encode([text], kind="query")[0]
+
+    def embed_image(self, image: ImageInput) -> np.ndarray:
+        """An image in the shared space. Raises ImageDecodeError for undecodable input, ValueError if the
+        service runs without an image encoder."""
+        with self._encode_lock:
+            vectors, _ = self.encoder.image_vectors([image])
+        return vectors[0]
+
+    def search_vector(self, vector: np.ndarray, k: int, filter: Filter | None) -> list[Group]:
+        return self.store.search_groups(vector, using="fused", k=k, filter=filter)
+
+    def similar(self, item_id: str, k: int, filter: Filter | None) -> list[Group] | None:
+        """Items like `item_id`, other products only (its own translations are not "similar items")."""
+        found = self.store.get([item_id])
+        if not found:
+            return None
+        product = found[0].payload.get("product_id", item_id)
+        flt = _merge(filter, exclude_products=[product])
+        return self.store.recommend_groups([item_id], k=k, filter=flt)
+
+    def recommend(self, history: Sequence[str], k: int, filter: Filter | None, negatives: Sequence[str] = (),
+                  max_history: int = 50) -> tuple[list[Recommendation], list[str]]:
+        """Content-based: products whose fused vectors are near the mean of the (most recent) history
+        items' and away from `negatives` (e.g. low ratings; Qdrant's average_vector rule), never an item
+        or product already seen. Each result carries the history items most similar to it as reasons.
+        Returns (recommendations, history item ids actually used, newest first)."""
+        neg_set = set(negatives)
+        recent = [i for i in dict.fromkeys(reversed(list(history))) if i not in neg_set][:max_history]
+        known = self.item_vectors(recent)
+        used = [i for i in recent if i in known]  # newest first; deleted items drop out
+        if not used:
+            return [], []
+        negs = self.item_vectors(list(dict.fromkeys(negatives))[:max_history]) if negatives else {}
+        hist = np.stack([known[i][0] for i in used])
+        query = average_vector_query(hist, np.stack([v for v, _ in negs.values()]) if negs else None)
+        if not np.any(query):
+            return [], used
+        # Every stored item has a product_id (it defaults to the item id), so excluding the history's
+        # products also excludes the history items themselves.
+        products = sorted({product for _, product in [*known.values(), *negs.values()]})
+        groups = self.store.search_groups(query, k=k, filter=_merge(filter, exclude_products=products))
+        hits = [g.hits[0] for g in groups]
+        result_vectors = self.item_vectors([h.item_id for h in hits])
+        recs = []
+        for hit in hits:
+            reasons: list[tuple[str, float]] = []
+            if hit.item_id in result_vectors:
+                sims = hist @ result_vectors[hit.item_id][0]
+                for j in np.argsort(-sims)[:2]:
+                    reasons.append((used[int(j)], float(sims[j])))
+            recs.append(Recommendation(hit.item_id, hit.score, hit.payload, reasons))
+        return recs, used
+
+    def close(self) -> None:
+        if self._indexing is not None:
+            self._indexing.join()
+        self.store.close()
+
+
+def _merge(base: Filter | None, exclude_items: Sequence[str] = (), exclude_products: Sequence[str] = ()) -> Filter:
+    kwargs: dict[str, Any] = {}
+    if base is not None:
+        kwargs = {name: getattr(base, name) for name in base.__dataclass_fields__}
+    kwargs["exclude_item_ids"] = tuple(kwargs.get("exclude_item_ids", ())) + tuple(exclude_items)
+    kwargs["exclude_product_ids"] = tuple(kwargs.get("exclude_product_ids", ())) + tuple(exclude_products)
+    return Filter(**kwargs)
