@@ -252,7 +252,7 @@ def _plots(report: Report, out: Path) -> dict[str, str]:
         labels = _labels(report, seg)
         if not labels:
             continue
-        fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(labels) * max(1, len(names)) / 2 + 2), 3.4))
+        fig, ax = plt.subplots(figsize=(min(12.0, max(5.0, 0.3 * len(labels) * len(names) + 2.5)), 3.6))
         width = 0.8 / len(names)
         x = np.arange(len(labels))
         for j, name in enumerate(names):

@@ -80,6 +80,15 @@ def test_sasrec_is_seeded(events):
     assert a.user_vectors([[0, 1, 2]]).shape == (1, cfg.hidden)
 
 
+def test_bce_objective_and_bad_loss(events):
+    small = leave_one_out(events, max_users=150, seed=0)
+    model = SASRec(SASRecConfig(max_len=30, hidden=32, max_epochs=2, loss="bce", progress=False))
+    model.fit(small.train, small.valid)
+    assert len(model.log_) == 2 and model.log_[1]["loss"] < model.log_[0]["loss"]
+    with pytest.raises(ValueError, match="loss"):
+        SASRec(SASRecConfig(loss="hinge")).fit(small.train)
+
+
 def test_time_budget_stops_training(split):
     cfg = SASRecConfig(max_len=30, hidden=32, max_epochs=50, max_train_seconds=0.01, progress=False)
     model = SASRec(cfg).fit(split.train, split.valid)

@@ -6,6 +6,11 @@ the next item at every position with a softmax over ALL items (no sampled negati
 makes SASRec competitive with later models, Klenitskiy & Vasilev, RecSys 2023); AdamW; early stopping
 on validation NDCG@10; seeded. torch is imported here only, so `evaluation` stays numpy-only otherwise.
 
+Calibration on ML-1M leave-one-out, full ranking (bench/ml1m_baselines.py): with ``loss="bce"`` (the
+original one-negative objective) this code lands on the published figures (NDCG@10 0.112 vs ~0.115,
+Recall@10 0.214 vs ~0.230); with the default full CE it reaches NDCG@10 0.156 / Recall@10 0.279 in 10
+epochs (~12 min, one thread).
+
 Sequences are right-padded, and position ids are offset so the most recent item always sits at
 position ``max_len - 1`` (the convention of the original left-padded implementation); right padding
 means a causal mask alone keeps real positions from ever attending to padding.
