@@ -21,7 +21,7 @@ import numpy as np
 from encoders.base import TextEncoder
 
 # Chosen by bench/encoders_text.py (bench/results/encoders.json: "crosslingual_default").
-DEFAULT_TEXT_SPEC = "0.4*e5-small+0.6*use-m3"
+DEFAULT_TEXT_SPEC = "e5-small+use-m3"
 
 
 class TextEncoderError(RuntimeError):

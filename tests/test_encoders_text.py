@@ -105,6 +105,9 @@ def test_concatenation_spec():
     expect = 0.5 * (e5.encode(["t-shirt"]) @ e5.encode(["camiseta"]).T) + \
         0.5 * (use.encode(["t-shirt"]) @ use.encode(["camiseta"]).T)
     assert abs(float(v[0] @ v[1]) - float(expect[0, 0])) < 1e-4
+    # USE has no Persian: in a concatenation its block is left out of Persian texts instead of adding noise
+    fa = both.encode(["کیف پول", "محفظة"])  # Persian "wallet", then Arabic (which USE reads)
+    assert np.abs(fa[0, 384:]).max() == 0 and np.abs(fa[1, 384:]).max() > 0
     weighted = load_text_encoder("0.25*e5-small+0.75*use-m3")
     assert weighted.dim == 896 and weighted.version != both.version
 

@@ -1,0 +1,211 @@
+"""Text encoders on emoji-market: cross-lingual retrieval (all 182 ordered language pairs) and throughput.
+
+Cross-lingual: a product's title in language A is the query; the gallery is every product's title in
+language B; Recall@1/@10 of finding the same product. No encoder here is fine-tuned on any text, so every
+product is held out from text training; all encoders run side by side in this one run.
+Throughput: items/s for the batch API (BatchEmbedder, no cache) vs the raw model call on the same inputs, at
+1 and 2 threads, plus the faster paths (cache hits; e5 with int8 dynamic quantisation).
+
+    .venv/bin/python bench/encoders_text.py            # writes bench/results/encoders.json (its keys)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results" / "encoders.json"
+LANGS = ("en", "ar", "de", "es", "fa", "fr", "id", "it", "ja", "ko", "pt", "ru", "tr", "zh")
+SINGLE = ("e5-small", "use-m3", "minilm")
+COMBOS = ("e5-small+use-m3", "0.4*e5-small+0.6*use-m3", "0.3*e5-small+0.7*use-m3")
+
+
+class Memo:
+    """Wraps an encoder so that combinations reuse its vectors instead of re-running the model."""
+
+    def __init__(self, enc):
+        self.enc, self.name, self.dim, self.version = enc, enc.name, enc.dim, getattr(enc, "version", enc.name)
+        self.unsupported = getattr(enc, "unsupported", None) or (lambda text: False)
+        self.memo: dict[tuple[str, str], np.ndarray] = {}
+
+    def encode(self, texts, *, kind="passage"):
+        todo = [t for t in dict.fromkeys(texts) if (kind, t) not in self.memo]
+        if todo:
+            for t, v in zip(todo, self.enc.encode(todo, kind=kind)):
+                self.memo[(kind, t)] = v
+        return np.stack([self.memo[(kind, t)] for t in texts])
+
+
+def parallel_titles() -> tuple[list[str], list[list[str]]]:
+    """(product ids, titles[p][language]) for products that have a title in all 14 languages."""
+    from mmrec import datasets
+
+    items = datasets.load("emoji-market").items
+    by = defaultdict(dict)
+    for pid, lang, title in zip(items["product_id"], items["language"], items["title"]):
+        by[pid][lang] = title
+    pids = sorted(p for p, t in by.items() if all(lang in t for lang in LANGS))
+    return pids, [[by[p][lang] for lang in LANGS] for p in pids]
+
+
+def recall_matrix(vecs: np.ndarray, ks=(1, 10)) -> dict[int, np.ndarray]:
+    """vecs (P, L, d) -> {k: (L, L) Recall@k for query language a (row) against gallery language b}."""
+    P, L, _ = vecs.shape
+    out = {k: np.full((L, L), np.nan) for k in ks}
+    for a in range(L):
+        for b in range(L):
+            if a == b:
+                continue
+            sims = vecs[:, a] @ vecs[:, b].T
+            rank = (sims > sims[np.arange(P), np.arange(P)][:, None]).sum(1)
+            for k in ks:
+                out[k][a, b] = float((rank < k).mean())
+    return out
+
+
+def crosslingual(threads: int) -> tuple[dict, str]:
+    import torch
+
+    from encoders.text import DEFAULT_TEXT_SPEC, ConcatEncoder, _WEIGHTED, load_text_encoder
+
+    torch.set_num_threads(threads)
+    pids, titles = parallel_titles()
+    flat = [t for row in titles for t in row]
+    singles = {s: Memo(load_text_encoder(s)) for s in SINGLE}
+    specs = list(SINGLE) + list(COMBOS) + ([DEFAULT_TEXT_SPEC] if DEFAULT_TEXT_SPEC not in COMBOS else [])
+    results = {}
+    for spec in specs:
+        if spec in singles:
+            enc = singles[spec]
+        else:
+            parts = []
+            for piece in spec.split("+"):
+                m = _WEIGHTED.match(piece)
+                w, sub = (float(m.group(1)), m.group(2)) if m else (1.0, piece)
+                parts.append((w, singles[sub]))
+            enc = ConcatEncoder(parts)
+        start = time.perf_counter()
+        vecs = enc.encode(flat).reshape(len(pids), len(LANGS), -1)
+        r = recall_matrix(vecs)
+        worst = np.unravel_index(np.nanargmin(r[1]), r[1].shape)
+        results[spec] = {
+            "mean_r1": round(float(np.nanmean(r[1])), 4), "mean_r10": round(float(np.nanmean(r[10])), 4),
+            "worst_pair_r1": round(float(np.nanmin(r[1])), 4), "worst_pair": f"{LANGS[worst[0]]}->{LANGS[worst[1]]}",
+            "worst_pair_r10": round(float(np.nanmin(r[10])), 4),
+            "r1_by_query_language": {lang: round(float(np.nanmean(r[1][i])), 3) for i, lang in enumerate(LANGS)},
+            "seconds_first_encode": round(time.perf_counter() - start, 1),
+        }
+        results[spec]["mean_r1_without_fa"] = round(float(np.nanmean(np.delete(np.delete(r[1], 4, 0), 4, 1))), 4)
+    best_single = max(results[s]["mean_r1"] for s in SINGLE)
+    for spec in results:
+        results[spec]["vs_best_frozen_single"] = round(results[spec]["mean_r1"] / best_single, 3)
+    meta = {"products": len(pids), "languages": list(LANGS), "pairs": len(LANGS) * (len(LANGS) - 1),
+            "gallery": "all products, target language", "protocol": "no text fine-tuning: every product held out",
+            "threads": threads}
+    results["_meta"] = meta
+    return results, DEFAULT_TEXT_SPEC
+
+
+def _time(fn, repeat: int = 2) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def throughput(n: int, batch: int) -> dict:
+    import tempfile
+
+    import torch
+
+    from encoders.batch import BatchEmbedder
+    from encoders.text import load_text_encoder
+
+    _, titles = parallel_titles()
+    texts = [t for row in titles for t in row][: n * 7 : 7]  # mixed languages
+    rows = [{"title": t} for t in texts]
+    out: dict = {"items": len(texts), "batch_size": batch, "unit": "items/s"}
+    e5, e5q, use = load_text_encoder("e5-small"), load_text_encoder("e5-small:int8"), load_text_encoder("use-m3")
+
+    def raw_e5(model_enc):
+        def run():  # the plain transformers call a user would write: tokenize, forward, mean-pool, normalise
+            for s in range(0, len(texts), batch):
+                model_enc.forward(["passage: " + t for t in texts[s:s + batch]])
+        return run
+
+    def raw_use():
+        use._use.encode(texts)
+
+    def api(enc, cache_dir=False):
+        def run():
+            BatchEmbedder(enc, batch_size=batch, cache_dir=cache_dir, progress=False).embed(rows)
+        return run
+
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        use.set_threads(threads)
+        row = {}
+        for name, raw, ours in (("e5-small", raw_e5(e5), api(e5)), ("use-m3", raw_use, api(use))):
+            t_raw, t_api = _time(raw), _time(ours)
+            row[name] = {"raw": round(len(texts) / t_raw, 1), "api": round(len(texts) / t_api, 1),
+                         "overhead_ratio": round(t_api / t_raw, 3)}
+        t_q = _time(api(e5q))
+        row["e5-small"]["api_int8"] = round(len(texts) / t_q, 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            api(e5, tmp)()  # fill the cache
+            t_hit = _time(api(e5, tmp))
+        row["e5-small"]["api_cache_hits"] = round(len(texts) / t_hit, 1)
+        row["e5-small"]["int8_speedup_vs_raw"] = round(row["e5-small"]["api_int8"] / row["e5-small"]["raw"], 2)
+        row["e5-small"]["cache_speedup_vs_raw"] = round(row["e5-small"]["api_cache_hits"] / row["e5-small"]["raw"], 1)
+        out[f"threads_{threads}"] = row
+    return out
+
+
+def merge(update: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    data.update(update)
+    RESULTS.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--throughput-items", type=int, default=448)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+
+    xl, default = crosslingual(args.threads)
+    print(f"\nCross-lingual retrieval on emoji-market ({xl['_meta']['products']} products x 14 languages, "
+          f"{xl['_meta']['pairs']} ordered pairs, gallery = all products)")
+    print(f"{'encoder':28s} {'mean R@1':>9s} {'mean R@10':>10s} {'worst R@1':>10s} {'worst pair':>10s} "
+          f"{'R@1 w/o fa':>10s} {'vs best single':>14s}")
+    for spec, r in xl.items():
+        if spec.startswith("_"):
+            continue
+        mark = "  <- default" if spec == default else ""
+        print(f"{spec:28s} {r['mean_r1']:9.3f} {r['mean_r10']:10.3f} {r['worst_pair_r1']:10.3f} {r['worst_pair']:>10s} "
+              f"{r['mean_r1_without_fa']:10.3f} {r['vs_best_frozen_single']:13.2f}x{mark}")
+    update = {"crosslingual": xl, "crosslingual_default": default}
+    if not args.skip_throughput:
+        tp = throughput(args.throughput_items, args.batch_size)
+        update["throughput"] = tp
+        print(f"\nText throughput, {tp['items']} titles, batch {tp['batch_size']} (items/s)")
+        print(f"{'threads':>7s} {'encoder':10s} {'raw':>8s} {'api':>8s} {'overhead':>9s} {'int8':>8s} {'cache hits':>11s}")
+        for threads in (1, 2):
+            for name, r in tp[f"threads_{threads}"].items():
+                print(f"{threads:7d} {name:10s} {r['raw']:8.1f} {r['api']:8.1f} {r['overhead_ratio']:8.3f}x "
+                      f"{r.get('api_int8', float('nan')):8.1f} {r.get('api_cache_hits', float('nan')):11.1f}")
+    merge(update)
+    print(f"\nwrote {', '.join(update)} to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
