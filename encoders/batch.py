@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from encoders.base import ImageEncoder, TextEncoder
+from encoders.base import TextEncoder
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,8 @@ network alone 0.24, the default mix 0.43; bench/encoders_crossmodal.py).
 """
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -23,6 +25,13 @@ from encoders.adapter import ImageTextAdapter
 from encoders.base import ImageDecodeError, ImageEncoder, ImageInput, TextEncoder
 from encoders.bridge import ClassNameBridge
 from encoders.image import OpenClipEncoder, OpenClipTextEncoder, open_image
+
+
+def _pixel_digest(image: Any) -> bytes:
+    """Identity of a decoded PIL image's content: mode, size and pixels."""
+    h = hashlib.blake2b(f"{image.mode}{image.size}".encode(), digest_size=16)
+    h.update(image.tobytes())
+    return h.digest()
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -84,6 +93,9 @@ class MultimodalEncoder:
                        and text_encoder._clip.model is image_encoder.model)
         self.bridge = None
         self._use_adapter = False
+        # image pixels digest -> (vector, features): a product listed in 14 languages shares one image,
+        # which is encoded once, not 14 times (the image backbone is most of the cost of embedding)
+        self._image_cache: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         if image_encoder is None or self.native:
             return
         if adapter is not None:
@@ -139,6 +151,25 @@ class MultimodalEncoder:
                                          memory_weight=cfg.memory_weight, bridge_weight=cfg.bridge_weight)
         return vec, feats
 
+    IMAGE_CACHE_SIZE = 4096  # images kept (~10 KB each with EfficientNet-Lite0 features)
+
+    def _cached_image_vectors(self, images: Sequence[Any], *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """`image_vectors` for decoded images, each distinct picture (by pixel digest) encoded once, and
+        recently seen ones not again: identical pixels give identical vectors, so this changes no result."""
+        keys = [_pixel_digest(img) for img in images]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._image_cache))
+        if todo:
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            vecs, feats = self.image_vectors([images[first[k]] for k in todo], progress=progress)
+            for k, v, f in zip(todo, vecs, feats):
+                self._image_cache[k] = (v, f)
+        found = {k: self._image_cache[k] for k in dict.fromkeys(keys)}  # before evicting: this call needs them
+        for k in found:
+            self._image_cache.move_to_end(k)
+        while len(self._image_cache) > self.IMAGE_CACHE_SIZE:
+            self._image_cache.popitem(last=False)
+        return np.stack([found[k][0] for k in keys]), np.stack([found[k][1] for k in keys])
+
     # ---------------------------------------------------------------------------------------- encode
     def encode(self, titles: Sequence[str | None], images: Sequence[ImageInput | None] | None = None, *,
                errors: str = "raise", progress: bool = False) -> dict[str, Any]:
@@ -175,7 +206,7 @@ class MultimodalEncoder:
         features = np.full((n, feat_dim), np.nan, dtype=np.float32)
         if decoded:
             idx = np.array(sorted(decoded))
-            vecs, feats = self.image_vectors([decoded[i] for i in idx], progress=progress)
+            vecs, feats = self._cached_image_vectors([decoded[i] for i in idx], progress=progress)
             image[idx], features[idx] = vecs, feats
             has_image[idx] = True
 

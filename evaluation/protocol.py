@@ -298,7 +298,7 @@ def evaluate(
     """
     eval_set = split.test if on == "test" else split.valid if on == "valid" else None
     if eval_set is None:
-        raise ValueError(f"split has no {on!r} cases" if on in ("test", "valid") else f"on must be 'test' or 'valid'")
+        raise ValueError(f"split has no {on!r} cases" if on in ("test", "valid") else "on must be 'test' or 'valid'")
     fit_seconds = None
     if fit:
         t0 = time.perf_counter()

@@ -37,8 +37,9 @@ class CatalogConfig:
 
     text_encoder / image_encoder: specs for `encoders.text.load_text_encoder` and
       `encoders.image.load_image_encoder` (image_encoder None: text only).
-    adapter: a trained image->text adapter file; without one, images reach the text space through the
-      training-free ImageNet class-name bridge.
+    adapter: "default" (the adapter trained on emoji-market for these encoders, trained into the cache on
+      first use), a trained image->text adapter file (`mmrec train-adapter` on your catalog), or None: images
+      then reach the text space through the training-free ImageNet class-name bridge only.
     store: "edge" (a directory under the data dir) or "server" with `store_url`.
     reindex_every: build the HNSW graph in the background once this many points are not in it (checked
       at startup and after upserts); until then new points are scanned exactly, which is fast at that size.
@@ -46,7 +47,7 @@ class CatalogConfig:
 
     text_encoder: str = "default"
     image_encoder: str | None = "efficientnet-lite0"
-    adapter: str | None = None
+    adapter: str | None = "default"
     store: str = "edge"
     store_url: str | None = None
     collection: str = "items"
@@ -110,10 +111,13 @@ class VectorCache:
 
 @dataclass
 class Recommendation:
+    """One result: the item, its score, its stored payload, and the history items that most support it
+    as (item_id, weight) pairs. Content-based and model-based recommending both return these."""
+
     item_id: str
     score: float
     payload: dict[str, Any]
-    reasons: list[tuple[str, float]]
+    reasons: list[tuple[str, float]] = field(default_factory=list)
 
 
 def load_encoder(config: CatalogConfig) -> "MultimodalEncoder":
@@ -127,7 +131,11 @@ def load_encoder(config: CatalogConfig) -> "MultimodalEncoder":
         from encoders.image import load_image_encoder
 
         image = load_image_encoder(config.image_encoder, threads=1)
-        if config.adapter:
+        if config.adapter == "default":  # trained on emoji-market into the cache on first use (~1-2 min)
+            from mmrec.adapters import default_adapter
+
+            adapter = default_adapter(text, image)
+        elif config.adapter:
             from encoders.adapter import ImageTextAdapter
 
             adapter = ImageTextAdapter.load(config.adapter)
@@ -269,7 +277,7 @@ class CatalogStore:
         if not found:
             return None
         product = found[0].payload.get("product_id", item_id)
-        flt = _merge(filter, exclude_products=[product])
+        flt = merge_filter(filter, exclude_products=[product])
         return self.store.recommend_groups([item_id], k=k, filter=flt)
 
     def recommend(self, history: Sequence[str], k: int, filter: Filter | None, negatives: Sequence[str] = (),
@@ -292,7 +300,7 @@ class CatalogStore:
         # Every stored item has a product_id (it defaults to the item id), so excluding the history's
         # products also excludes the history items themselves.
         products = sorted({product for _, product in [*known.values(), *negs.values()]})
-        groups = self.store.search_groups(query, k=k, filter=_merge(filter, exclude_products=products))
+        groups = self.store.search_groups(query, k=k, filter=merge_filter(filter, exclude_products=products))
         hits = [g.hits[0] for g in groups]
         result_vectors = self.item_vectors([h.item_id for h in hits])
         recs = []
@@ -311,10 +319,14 @@ class CatalogStore:
         self.store.close()
 
 
-def _merge(base: Filter | None, exclude_items: Sequence[str] = (), exclude_products: Sequence[str] = ()) -> Filter:
+def merge_filter(base: Filter | None, exclude_items: Sequence[str] = (), exclude_products: Sequence[str] = (), *,
+                 markets: tuple[str, ...] | None = None) -> Filter:
+    """``base`` plus excluded items/products (and, if given, the markets to keep)."""
     kwargs: dict[str, Any] = {}
     if base is not None:
         kwargs = {name: getattr(base, name) for name in base.__dataclass_fields__}
+    if markets is not None:
+        kwargs["markets"] = markets
     kwargs["exclude_item_ids"] = tuple(kwargs.get("exclude_item_ids", ())) + tuple(exclude_items)
     kwargs["exclude_product_ids"] = tuple(kwargs.get("exclude_product_ids", ())) + tuple(exclude_products)
     return Filter(**kwargs)

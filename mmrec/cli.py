@@ -9,7 +9,7 @@ import sys
 from mmrec.errors import UserError
 
 # Modules under mmrec.commands; each defines register(subparsers) and sets `func` on its parser.
-COMMANDS: tuple[str, ...] = ("datasets", "demo", "embed", "train_adapter", "evaluate", "serve")
+COMMANDS: tuple[str, ...] = ("datasets", "demo", "serve", "evaluate", "train_adapter", "train", "embed")
 
 
 def build_parser() -> argparse.ArgumentParser:

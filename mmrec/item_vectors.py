@@ -172,6 +172,16 @@ def service_vectors(items: Any, data_dir: str | None = None, *, batch_size: int 
     rows = _rows(items)
     if not rows:
         raise UserError("the catalog is empty")
+    version = encoder_space_version(encoder)
+    ids = np.asarray([r["item_id"] for r in rows], dtype=object)
+    text_only = encoder.image_encoder is None
+    key = None
+    if text_only:  # cacheable by content: the titles say everything
+        key = hashlib.sha256((version + "\n" + "\n".join(str(r.get("title")) for r in rows)).encode()).hexdigest()[:24]
+        path = cache_dir("item_vectors") / f"service-{key}.npy"
+        if path.exists():
+            return ItemVectors(item_ids=ids, vectors=np.load(path), spec=f"service:{encoder.name}", version=version)
+    batch_size = 512 if text_only else batch_size
     steps = range(0, len(rows), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -184,6 +194,9 @@ def service_vectors(items: Any, data_dir: str | None = None, *, batch_size: int 
         chunks.append(encoder.encode([r.get("title") for r in batch], images, errors="skip")["fused"])
     vectors = np.concatenate(chunks).astype(np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    vectors = vectors / np.where(norms > 0, norms, 1.0)
-    return ItemVectors(item_ids=np.asarray([r["item_id"] for r in rows], dtype=object), vectors=vectors,
-                       spec=f"service:{encoder.name}", version=encoder_space_version(encoder))
+    vectors = (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    if key is not None:
+        tmp = cache_dir("item_vectors") / f"service-{key}.tmp.npy"
+        np.save(tmp, vectors)
+        tmp.replace(cache_dir("item_vectors") / f"service-{key}.npy")
+    return ItemVectors(item_ids=ids, vectors=vectors, spec=f"service:{encoder.name}", version=version)

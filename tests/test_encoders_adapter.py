@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoders.adapter import (AdapterConfig, CatalogProduct, ImageTextAdapter, augment, catalog_image_features,
+from encoders.adapter import (AdapterConfig, ImageTextAdapter, augment, catalog_image_features,
                               render_views, train_adapter)
 from encoders.base import ImageDecodeError
 from encoders.bridge import ClassNameBridge
@@ -188,6 +188,24 @@ def test_fusion_without_images_with_bad_images_and_image_only(trained, text_enco
         enc.encode([None], [None])
     text_only = MultimodalEncoder(text_encoder).encode(["cup of tea"])
     assert not text_only["has_image"].any() and np.isfinite(text_only["fused"]).all()
+
+
+def test_a_product_image_listed_many_times_is_encoded_once(trained, text_encoder, image_encoder, catalog):
+    # emoji-market lists each product in 14 languages with one picture: the backbone must see it once
+    enc = MultimodalEncoder(text_encoder, image_encoder, trained, FusionConfig())
+    seen = []
+    real = enc.image_vectors
+    enc.image_vectors = lambda images, progress=False: (seen.append(len(images)), real(images))[1]
+    a, b = catalog[100], catalog[101]
+    titles = a.titles[:3] + b.titles[:2]
+    out = enc.encode(titles, [a.image] * 3 + [b.image] * 2)
+    assert seen == [2]  # two distinct pictures in one backbone batch
+    np.testing.assert_array_equal(out["image"][0], out["image"][2])
+    again = enc.encode([a.titles[0]], [a.image])  # seen before: served from the cache
+    assert seen == [2]
+    np.testing.assert_array_equal(again["image"][0], out["image"][0])
+    fresh = MultimodalEncoder(text_encoder, image_encoder, trained, FusionConfig()).encode(titles[3:], [b.image] * 2)
+    np.testing.assert_allclose(fresh["image"][0], out["image"][3], atol=1e-5)  # same as encoding it alone
 
 
 def test_fusion_checks_adapter_matches_encoders(trained, image_encoder):

@@ -45,3 +45,13 @@ def test_evaluate_user_errors_are_one_line(tmp_path):
     assert out.returncode == 2 and "--ks" in out.stderr
     out = run("evaluate", "--dataset", "ml-100k", "--protocol", "cross-market", "--out", str(tmp_path))
     assert out.returncode == 2 and "cross-market" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_evaluate_cold_start_with_content_vectors(tmp_path):
+    # Popularity cannot reach items nobody touched in training; content-kNN (real text vectors) can.
+    out = run("evaluate", "--dataset", "ml-100k", "--protocol", "cold", "--models", "popularity,contentknn",
+              "--ks", "10", "--out", str(tmp_path), "--no-plots")
+    assert out.returncode == 0, out.stderr
+    models = json.loads((tmp_path / "report.json").read_text())["models"]
+    assert models["popularity"]["metrics"]["ndcg@10"]["mean"] == 0.0
+    assert models["contentknn"]["metrics"]["ndcg@10"]["mean"] > 0.02

@@ -49,6 +49,23 @@ def test_chunked_cross_entropy_is_the_full_softmax_cross_entropy():
     torch.testing.assert_close(w2.grad, w1.grad)
 
 
+def test_low_precision_cross_entropy_stays_close_to_the_exact_one():
+    g = torch.Generator().manual_seed(1)
+    h0 = torch.randn(300, 16, generator=g) * 0.5
+    w0 = torch.randn(50, 16, generator=g) * 0.5
+    target = torch.randint(0, 50, (300,), generator=g)
+    grads = []
+    for low in (False, True):
+        h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+        loss = full_softmax_cross_entropy(h, w, target, chunk=7, low_precision=low)
+        loss.backward()
+        grads.append((loss.detach(), h.grad, w.grad))
+    (l0, gh0, gw0), (l1, gh1, gw1) = grads
+    assert abs(float(l1 - l0)) < 1e-2 * float(l0)  # bfloat16 keeps ~3 significant digits
+    for a, b in ((gh0, gh1), (gw0, gw1)):
+        assert float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)) > 0.999
+
+
 def test_sasrec_learns_and_beats_popularity(split):
     cfg = SASRecConfig(max_len=50, max_epochs=8, patience=2, eval_max_cases=None, progress=False)
     model = SASRec(cfg)

@@ -141,13 +141,15 @@ class _FullSoftmaxCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, w: torch.Tensor, target: torch.Tensor, chunk: int) -> torch.Tensor:
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, target: torch.Tensor, chunk: int,
+                low_precision: bool = False) -> torch.Tensor:
         # h: (N, d) hidden states, w: (C, d) item embeddings, target: (N,) item indices in [0, C)
+        hm, wm = (h.bfloat16(), w.bfloat16()) if low_precision else (h, w)  # matmul inputs
         lse = torch.empty(h.shape[0], dtype=h.dtype)
         for s in range(0, h.shape[0], chunk):
-            lse[s : s + chunk] = torch.logsumexp(h[s : s + chunk] @ w.T, dim=1)
+            lse[s : s + chunk] = torch.logsumexp((hm[s : s + chunk] @ wm.T).to(h.dtype), dim=1)
         ctx.save_for_backward(h, w, target, lse)
-        ctx.chunk = chunk
+        ctx.chunk, ctx.low_precision = chunk, low_precision
         return (lse - (h * w[target]).sum(dim=1)).mean()
 
     @staticmethod
@@ -156,19 +158,29 @@ class _FullSoftmaxCE(torch.autograd.Function):
         scale = grad / h.shape[0]
         gh = torch.empty_like(h)
         gw = torch.zeros_like(w)
-        for s in range(0, h.shape[0], ctx.chunk):
-            hc = h[s : s + ctx.chunk]
-            p = torch.addmm(-lse[s : s + ctx.chunk, None], hc, w.T).exp_().mul_(scale)  # softmax * scale
-            torch.mm(p, w, out=gh[s : s + ctx.chunk])
-            gw.addmm_(p.T, hc)
+        if ctx.low_precision:  # bfloat16 matmuls (AMX), softmax and accumulation in float32
+            hm, wm = h.bfloat16(), w.bfloat16()
+            for s in range(0, h.shape[0], ctx.chunk):
+                p = (hm[s : s + ctx.chunk] @ wm.T).float().sub_(lse[s : s + ctx.chunk, None]).exp_().mul_(scale)
+                pm = p.bfloat16()
+                gh[s : s + ctx.chunk] = pm @ wm
+                gw += pm.T @ hm[s : s + ctx.chunk]
+        else:
+            for s in range(0, h.shape[0], ctx.chunk):
+                hc = h[s : s + ctx.chunk]
+                p = torch.addmm(-lse[s : s + ctx.chunk, None], hc, w.T).exp_().mul_(scale)  # softmax * scale
+                torch.mm(p, w, out=gh[s : s + ctx.chunk])
+                gw.addmm_(p.T, hc)
         gh.sub_(w[target] * scale)  # the -logit[target] term
         gw.index_add_(0, target, h * -scale)
-        return gh, gw, None, None
+        return gh, gw, None, None, None
 
 
-def full_softmax_cross_entropy(h: torch.Tensor, w: torch.Tensor, target: torch.Tensor, chunk: int = 128) -> torch.Tensor:
-    """Exact mean cross-entropy of ``softmax(h @ w.T)`` against ``target``, chunked (see `_FullSoftmaxCE`)."""
-    return _FullSoftmaxCE.apply(h, w, target, chunk)
+def full_softmax_cross_entropy(h: torch.Tensor, w: torch.Tensor, target: torch.Tensor, chunk: int = 128,
+                               low_precision: bool = False) -> torch.Tensor:
+    """Exact mean cross-entropy of ``softmax(h @ w.T)`` against ``target``, chunked (see `_FullSoftmaxCE`).
+    ``low_precision``: the logits' matmuls in bfloat16 (~1.7x faster with AMX; softmax stays float32)."""
+    return _FullSoftmaxCE.apply(h, w, target, chunk, low_precision)
 
 
 def _pad(rows: list[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--text-encoder", default="default", help="text encoder spec (see encoders/text.py)")
     parser.add_argument("--image-encoder", default="efficientnet-lite0",
                         help="image encoder spec, or 'none' for a text-only service")
-    parser.add_argument("--adapter", default=None, help="trained image->text adapter file (optional)")
+    parser.add_argument("--adapter", default="default",
+                        help="image->text adapter: 'default' (trained on emoji-market on first use), a file from "
+                             "`mmrec train-adapter`, or 'none' (training-free class-name bridge only)")
     parser.add_argument("--store", choices=("edge", "server"), default="edge",
                         help="edge: embedded Qdrant in DIR/store; server: a Qdrant server (--qdrant-url)")
     parser.add_argument("--qdrant-url", default=None, help="Qdrant server URL for --store server")
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be 0..65535, got {args.port}")
     image_encoder = None if args.image_encoder.lower() in ("none", "") else args.image_encoder
-    config = CatalogConfig(text_encoder=args.text_encoder, image_encoder=image_encoder, adapter=args.adapter,
+    adapter = None if args.adapter.lower() in ("none", "") else args.adapter
+    config = CatalogConfig(text_encoder=args.text_encoder, image_encoder=image_encoder, adapter=adapter,
                            store=args.store, store_url=args.qdrant_url, collection=args.collection)
     try:
         app = open_service(args.data_dir, config, model=args.model)

@@ -1,0 +1,217 @@
+"""Two-stage serving: retrieve candidates from the vector index with the user's content-space vector and
+the request's filters, rank them with the fusion transformer, return the top K with reasons.
+
+    history ──► fusion transformer ──► user vector u ──► W_cᵀu (content space) ──► index top-N (+ filters)
+                                           │                                            │
+                                           └──────────── score(u, item) = u·item ◄──────┘ ──► top-K + reasons
+
+Everything the model needs about an item comes from the index (its fused content vector and listing
+market), plus the learned ID embedding when the checkpoint knows the item: a product upserted a second
+ago is retrievable and rankable through its content alone, and a listing in another language is near
+its siblings because the content space is cross-lingual.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from index import Filter, Point, VectorStore
+from mmrec.catalog_store import Recommendation, merge_filter
+from mmrec.model import FusionTransformer, market_codes
+from mmrec.schema import Event
+from mmrec.train import EventCodes, _gather, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServingConfig:
+    """n_retrieve: candidates fetched from the index before ranking (recall of the first stage vs cost).
+    using: the named vector the model was trained on. one_per_product: a product listed in several
+    languages takes one slot. exclude_seen_products: never recommend a product already in the history
+    (in any language)."""
+
+    n_retrieve: int = 200
+    using: str = "fused"
+    n_reasons: int = 2
+    one_per_product: bool = True
+    exclude_seen_products: bool = True
+    cold_offset: float = 0.0  # added to the score of items the model has no ID for (new products): 0 ranks
+    # them on content alone, below equally fitting items whose IDs carry their track record; > 0 is the
+    # shop's "new arrivals" boost (FusionRecommender.tune_cold_offset measures one on a cold-start split)
+
+
+def _as_events(history: Sequence[Event | str | dict]) -> list[Event]:
+    """Accept Events, plain item ids (ad-hoc history, oldest first) or event dicts."""
+    out: list[Event] = []
+    for i, h in enumerate(history):
+        if isinstance(h, Event):
+            out.append(h)
+        elif isinstance(h, str):
+            out.append(Event(user_id="", item_id=h, timestamp=0, kind="view"))
+        elif isinstance(h, dict):
+            out.append(Event(user_id=str(h.get("user_id", "")), item_id=str(h["item_id"]),
+                             timestamp=int(h.get("timestamp") or 0), kind=h.get("kind", "view"),
+                             value=h.get("value"), market=h.get("market")))
+        else:
+            raise TypeError(f"history entry {i} is {type(h).__name__}; expected an Event, item id or dict")
+    return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(n > 0, n, 1.0)
+
+
+class TwoStageRecommender:
+    """The fusion transformer over a live `index.VectorStore`."""
+
+    def __init__(self, model: FusionTransformer, id_items: Sequence[str], store: VectorStore,
+                 config: ServingConfig | None = None, *, id_key: str = "item", vectors_version: str = "",
+                 num_threads: int = 1) -> None:
+        self.model = model.eval()
+        self.store = store
+        self.config = config or ServingConfig()
+        self.ids_of = {str(x): k + 1 for k, x in enumerate(id_items)}
+        self.id_key = id_key  # "product": all listings of a product share its ID row
+        self.vectors_version = vectors_version
+        self.num_threads = num_threads
+        if store.schema.vectors.get(self.config.using) != model.cfg.content_dim:
+            raise ValueError(
+                f"the model reads {model.cfg.content_dim}-d content vectors but the store's "
+                f"{self.config.using!r} vectors are {store.schema.vectors.get(self.config.using)}-d"
+            )
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, store: VectorStore, *, expect_vectors_version: str | None = None,
+                        config: ServingConfig | None = None) -> "TwoStageRecommender":
+        ck = load_checkpoint(path, expect_vectors_version=expect_vectors_version)
+        return cls(ck.model, ck.id_items, store, config, id_key=ck.id_key, vectors_version=ck.vectors_version)
+
+    # ---------------------------------------------------------------- pieces
+
+    def _items(self, points: Sequence[Point]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(content (n, C), id codes (n,), market codes (n,)) of stored points."""
+        using = self.config.using
+        content = _unit(np.stack([np.asarray(p.vectors[using], dtype=np.float32) for p in points]))
+        keys = [p.payload.get("product_id") or p.item_id for p in points] if self.id_key == "product" else \
+            [p.item_id for p in points]
+        ids = np.array([self.ids_of.get(str(k), 0) for k in keys], dtype=np.int64)
+        markets = market_codes([p.payload.get("market") for p in points], self.model.cfg.markets, len(points))
+        return torch.from_numpy(content), torch.from_numpy(ids), torch.from_numpy(markets)
+
+    @torch.no_grad()
+    def user_vector(self, events: Sequence[Event], points: dict[str, Point], context_market: str | None
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """(u (d,), history item table (h, d), history item ids) for the events whose items are stored."""
+        cfg = self.model.cfg
+        events = [e for e in events if e.item_id in points][-cfg.max_len :]
+        order = list(dict.fromkeys(e.item_id for e in events))
+        row = {iid: i for i, iid in enumerate(order)}
+        content, ids, markets = self._items([points[i] for i in order])
+        table = self.model.item_table(content, ids, markets)
+        ts = np.array([e.timestamp for e in events], dtype=np.int64)
+        codes = EventCodes.build(
+            np.array([row[e.item_id] for e in events], dtype=np.int64), np.array([0, len(events)]), cfg,
+            timestamps=ts if ts.any() else None, kinds=np.array([e.kind for e in events], dtype=object),
+            values=np.array([np.nan if e.value is None else e.value for e in events], dtype=np.float64),
+            markets=np.array([e.market or points[e.item_id].payload.get("market") for e in events], dtype=object),
+        )
+        batch = _gather(codes, np.array([0]), np.array([len(events)]))
+        hidden = self.model(table, batch["item"], batch["lengths"], batch["kind"], batch["gap"], batch["value"])
+        ctx = context_market if context_market is not None else events[-1].market or points[events[-1].item_id].payload.get("market")
+        ctx_code = torch.from_numpy(market_codes([ctx], cfg.markets, 1))
+        u = self.model.user_vectors(hidden[0, len(events) - 1][None, :], ctx_code)[0]
+        return u, table, order
+
+    # ---------------------------------------------------------------- the request
+
+    @torch.no_grad()
+    def recommend(
+        self,
+        history: Sequence[Event | str | dict],
+        k: int = 10,
+        filter: Filter | None = None,
+        *,
+        market: str | None = None,
+        negatives: Sequence[str] = (),
+    ) -> tuple[list[Recommendation], list[str]]:
+        """Top-k items for a history (oldest first), within ``filter`` (and ``market``: the storefront,
+        which also becomes the model's context market). Returns (recommendations, history item ids
+        used, newest first). Items not in the store (deleted) drop out of the history."""
+        if k < 1:
+            raise ValueError(f"k must be positive, got {k}")
+        t0 = time.perf_counter()
+        prev = torch.get_num_threads()
+        torch.set_num_threads(self.num_threads)
+        try:
+            return self._recommend(_as_events(history), k, filter, market, set(negatives))
+        finally:
+            torch.set_num_threads(prev)
+            log.debug("recommend: %.1f ms", 1000 * (time.perf_counter() - t0))
+
+    def _recommend(self, events: list[Event], k: int, flt: Filter | None, market: str | None,
+                   negatives: set[str]) -> tuple[list[Recommendation], list[str]]:
+        cfg = self.config
+        events = [e for e in events if e.item_id not in negatives]
+        if not events:
+            return [], []
+        points = {p.item_id: p for p in self.store.get(list(dict.fromkeys(e.item_id for e in events)), with_vectors=True)
+                  if cfg.using in p.vectors}
+        if not any(e.item_id in points for e in events):
+            return [], []
+        if market is None and flt is not None and flt.markets and len(flt.markets) == 1:
+            market = flt.markets[0]
+        u, hist_table, hist_ids = self.user_vector(events, points, market)
+        used = list(dict.fromkeys(e.item_id for e in reversed(events) if e.item_id in points))  # newest first
+        # Stage 1: retrieve with the content part of the score, inside the filters, history excluded.
+        seen_items = list(points) + [n for n in negatives]
+        seen_products = sorted({str(p.payload.get("product_id") or p.item_id) for p in points.values()})
+        flt = merge_filter(flt, seen_items, seen_products if cfg.exclude_seen_products else (),
+                           markets=(market,) if market is not None and not (flt and flt.markets) else None)
+        query = self.model.content_query(u[None, :])[0].numpy()
+        hits = self.store.search(query, using=cfg.using, k=max(cfg.n_retrieve, k), filter=flt, with_vectors=True)
+        hits = [h for h in hits if h.vectors and cfg.using in h.vectors]
+        if not hits:
+            return [], used
+        # Stage 2: rank with the full model score (content + ID when warm + market).
+        cand = [Point(h.item_id, h.vectors, h.payload) for h in hits]
+        content, ids, markets = self._items(cand)
+        table = self.model.item_table(content, ids, markets)  # (N, d)
+        scores = (table @ u).numpy()
+        if cfg.cold_offset:
+            scores[ids.numpy() == 0] += cfg.cold_offset
+        order = np.argsort(-scores, kind="stable")
+        picked, products = [], set()
+        for j in order:
+            product = str(cand[j].payload.get("product_id") or cand[j].item_id)
+            if cfg.one_per_product and product in products:
+                continue
+            products.add(product)
+            picked.append(int(j))
+            if len(picked) == k:
+                break
+        # Reasons: the history items whose model representation is closest to each result's.
+        sims = (_unit(table[picked].numpy()) @ _unit(hist_table.numpy()).T) if picked else np.zeros((0, 0))
+        recs = []
+        for r, j in enumerate(picked):
+            top = np.argsort(-sims[r], kind="stable")[: cfg.n_reasons]
+            reasons = [(hist_ids[int(t)], float(sims[r, t])) for t in top]
+            recs.append(Recommendation(cand[j].item_id, float(scores[j]), cand[j].payload, reasons))
+        return recs, used
+
+
+def load_ranker(path: str | Path, catalog: Any, config: ServingConfig | None = None) -> TwoStageRecommender:
+    """The fusion transformer behind the service: a checkpoint over a `CatalogStore`'s vector store,
+    refused if it was trained on vectors from another encoder setup than the catalog's."""
+    from mmrec.item_vectors import encoder_space_version
+
+    return TwoStageRecommender.from_checkpoint(path, catalog.store, config=config,
+                                               expect_vectors_version=encoder_space_version(catalog.encoder))

@@ -1,0 +1,173 @@
+"""The fusion transformer behind the real service: `mmrec serve --model` in a subprocess, talked to over HTTP.
+
+The workflow a user follows: serve a catalog, train a checkpoint on the vectors the service stores
+(`mmrec.item_vectors.service_vectors` with the data dir's encoder settings) and on the emoji-market
+shopper SIMULATION's events, restart the service with `--model`. Then: a product upserted a second ago
+comes back from /recommend, an event posted to /events changes the next result, and a market filter
+restricts results to what that market sells. Text-only service (use-m3) to keep it fast.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MARKETS = ("US", "DE", "JP")
+
+
+class Server:
+    """`mmrec serve` (text-only, use-m3) in a subprocess on a free port; `.client` talks to it."""
+
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+        self.log = open(data_dir.parent / f"serve-{port}.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mmrec.cli", "serve", "--port", str(port), "--data-dir",
+                                      str(data_dir), "--text-encoder", "use-m3", "--image-encoder", "none", *extra],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+        deadline = time.monotonic() + 240
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mmrec serve exited: {Path(self.log.name).read_text()}")
+            try:
+                if self.client.get("/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("mmrec serve did not come up in 240 s")
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+        self.client.close()
+        self.log.close()
+
+
+def _products(items, split):
+    """Each listing's product id, aligned with the split (listings of a product share an ID row)."""
+    import numpy as np
+
+    product_of = dict(zip(items["item_id"], items["product_id"]))
+    return np.asarray([product_of[i] for i in split.item_ids], dtype=object)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, emoji_market):
+    from evaluation.splits import leave_one_out
+    from mmrec.item_vectors import service_vectors
+    from mmrec.model import FusionConfig
+    from mmrec.train import FusionRecommender, TrainConfig
+
+    root = tmp_path_factory.mktemp("fusion-svc")
+    data = root / "data"
+    items = emoji_market.items.filter(lambda m: m in MARKETS, input_columns="market")
+    keep = set(items["item_id"])
+    events = emoji_market.events.filter(lambda i: i in keep, input_columns="item_id")
+    rows = items.to_list()
+    srv = Server(data)
+    try:
+        for s in range(0, len(rows), 256):
+            body = [{k: r[k] for k in ("item_id", "product_id", "title", "language", "market", "category")}
+                    for r in rows[s : s + 256]]
+            assert srv.client.post("/items", json={"items": body}).status_code == 200
+    finally:
+        srv.stop()
+    vectors = service_vectors(items, str(data), progress=False)  # the space the service stores
+    split = leave_one_out(events, items=items, seed=0)
+    rec = FusionRecommender(vectors.aligned(split.item_ids), FusionConfig(content_dim=vectors.dim, hidden=32, max_len=50),
+                            TrainConfig(epochs=12, lr=3e-3, warmup_steps=20, progress=False),
+                            item_ids=split.item_ids, item_market=split.item_market, item_products=_products(items, split),
+                            vectors_version=vectors.version).fit(split.train)
+    ckpt = rec.save(root / "model.pt")
+    srv = Server(data, "--model", str(ckpt))
+    by_id = {r["item_id"]: r for r in rows}
+    yield srv.client, by_id, root
+    srv.stop()
+
+
+def _listing(by_id, product: str, market: str) -> str:
+    return next(i for i, r in by_id.items() if r["product_id"] == product and r["market"] == market)
+
+
+def _subgroup(by_id, result: dict) -> str:
+    return (by_id.get(result["item_id"], result).get("category") or "/").split("/")[1]
+
+
+def test_a_product_upserted_a_second_ago_comes_back(served):
+    api, by_id, _ = served
+    new = [{"item_id": "new:grapes-bio:de", "product_id": "new:grapes-bio", "title": "Bio-Weintrauben, frisch und süß",
+            "language": "de", "market": "DE", "category": "Food & Drink/food-fruit"},
+           {"item_id": "new:football:de", "product_id": "new:football", "title": "Fußball aus Leder",
+            "language": "de", "market": "DE", "category": "Activities/sport"}]
+    assert api.post("/items", json={"items": new}).status_code == 200
+    grapes = _listing(by_id, "emoji:1f347", "DE")
+    body = api.post("/recommend", json={"history": [grapes], "k": 30, "market": "DE"}).json()
+    ids = [r["item_id"] for r in body["results"]]
+    assert "new:grapes-bio:de" in ids and "new:football:de" not in ids, ids
+    hit = body["results"][ids.index("new:grapes-bio:de")]
+    assert hit["reasons"][0]["item_id"] == grapes and hit["market"] == "DE"
+    ball = _listing(by_id, "emoji:26bd", "DE")
+    body = api.post("/recommend", json={"history": [ball], "k": 30, "market": "DE"}).json()
+    assert "new:football:de" in [r["item_id"] for r in body["results"]]
+
+
+def test_an_event_changes_the_next_recommendation(served):
+    api, by_id, _ = served
+    user = "fusion-shopper"
+    fruit = [_listing(by_id, p, "US") for p in ("emoji:1f347", "emoji:1f34c", "emoji:1f34e")]  # grapes, banana, apple
+    events = [{"user_id": user, "item_id": i, "kind": "view", "timestamp": 1_800_000_000 + 60 * n}
+              for n, i in enumerate(fruit)]
+    assert api.post("/events", json={"events": events}).json() == {"appended": 3}
+    first = api.post("/recommend", json={"user_id": user, "k": 10, "market": "US"}).json()
+    assert first["history_used"] == fruit[::-1]
+    assert sum(_subgroup(by_id, r) == "sport" for r in first["results"]) == 0
+    ball = _listing(by_id, "emoji:26bd", "US")
+    api.post("/events", json={"events": [{"user_id": user, "item_id": ball, "kind": "click",
+                                          "timestamp": 1_800_000_600}]})
+    second = api.post("/recommend", json={"user_id": user, "k": 10, "market": "US"}).json()
+    assert second["history_used"][0] == ball
+    assert sum(_subgroup(by_id, r) == "sport" for r in second["results"]) >= 3
+    assert [r["item_id"] for r in second["results"]] != [r["item_id"] for r in first["results"]]
+
+
+def test_a_history_in_one_market_is_served_in_another(served):
+    api, by_id, _ = served
+    history = [_listing(by_id, p, "DE") for p in ("emoji:1f347", "emoji:1f34c")]
+    body = api.post("/recommend", json={"history": history, "k": 10, "market": "JP"}).json()
+    assert len(body["results"]) == 10 and {r["market"] for r in body["results"]} == {"JP"}
+    assert sum(_subgroup(by_id, r) == "food-fruit" for r in body["results"]) >= 5
+    assert not {r["product_id"] for r in body["results"]} & {"emoji:1f347", "emoji:1f34c"}
+
+
+def test_a_checkpoint_from_another_vector_space_is_refused(served, tmp_path):
+    """Serving a checkpoint against vectors it was not trained on fails at startup, with the reason."""
+
+    from mmrec.model import FusionConfig, FusionTransformer
+    from mmrec.train import save_checkpoint
+
+    _, _, root = served
+    other = save_checkpoint(tmp_path / "other.pt", FusionTransformer(FusionConfig(content_dim=512)), id_items=[],
+                            vectors_version="0123456789abcdef")
+    proc = subprocess.run([sys.executable, "-m", "mmrec.cli", "serve", "--port", "0", "--data-dir",
+                           str(tmp_path / "fresh"), "--text-encoder", "use-m3", "--image-encoder", "none",
+                           "--model", str(other)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 2
+    assert "item vectors version" in proc.stderr
