@@ -8,57 +8,13 @@ restricts results to what that market sells. Text-only service (use-m3) to keep 
 """
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-import httpx
 import pytest
+from test_service_http import REPO, Server  # `mmrec serve` (use-m3 text) in a subprocess on a free port
 
-REPO = Path(__file__).resolve().parents[1]
 MARKETS = ("US", "DE", "JP")
-
-
-class Server:
-    """`mmrec serve` (text-only, use-m3) in a subprocess on a free port; `.client` talks to it."""
-
-    def __init__(self, data_dir: Path, *extra: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-        self.log = open(data_dir.parent / f"serve-{port}.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "mmrec.cli", "serve", "--port", str(port), "--data-dir",
-                                      str(data_dir), "--text-encoder", "use-m3", "--image-encoder", "none", *extra],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
-        deadline = time.monotonic() + 240
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mmrec serve exited: {Path(self.log.name).read_text()}")
-            try:
-                if self.client.get("/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("mmrec serve did not come up in 240 s")
-            time.sleep(0.25)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-        self.client.close()
-        self.log.close()
 
 
 def _products(items, split):
@@ -82,7 +38,7 @@ def served(tmp_path_factory, emoji_market):
     keep = set(items["item_id"])
     events = emoji_market.events.filter(lambda i: i in keep, input_columns="item_id")
     rows = items.to_list()
-    srv = Server(data)
+    srv = Server(data, "--image-encoder", "none")
     try:
         for s in range(0, len(rows), 256):
             body = [{k: r[k] for k in ("item_id", "product_id", "title", "language", "market", "category")}
@@ -97,7 +53,7 @@ def served(tmp_path_factory, emoji_market):
                             item_ids=split.item_ids, item_market=split.item_market, item_products=_products(items, split),
                             vectors_version=vectors.version).fit(split.train)
     ckpt = rec.save(root / "model.pt")
-    srv = Server(data, "--model", str(ckpt))
+    srv = Server(data, "--image-encoder", "none", "--model", str(ckpt))
     by_id = {r["item_id"]: r for r in rows}
     yield srv.client, by_id, root
     srv.stop()

@@ -29,7 +29,13 @@ def run(args: argparse.Namespace) -> int:
     if args.history_market == args.target_market:
         raise UserError("--history-market and --target-market must differ: the demo shows recommendations "
                         "across markets")
-    run_demo(DemoConfig(data_dir=Path(args.data_dir), train_minutes=args.train_minutes, retrain=args.retrain,
+    from index import SchemaError, StoreError
+
+    config = DemoConfig(data_dir=Path(args.data_dir), train_minutes=args.train_minutes, retrain=args.retrain,
                         history_market=args.history_market, target_market=args.target_market,
-                        threads=args.threads, progress=not args.no_progress))
+                        threads=args.threads, progress=not args.no_progress)
+    try:
+        run_demo(config)
+    except (StoreError, SchemaError, ValueError, OSError) as exc:  # e.g. the data dir is in use by `mmrec serve`
+        raise UserError(f"demo data dir {args.data_dir}: {exc}") from None
     return 0
