@@ -98,6 +98,10 @@ class Histories:
         """(nnz,) row index of each event (for vectorised scatter into a (n, n_items) matrix)."""
         return np.repeat(np.arange(len(self)), self.lengths)
 
+    def position_from_end(self) -> np.ndarray:
+        """(nnz,) how many events of its row follow each event: 0 = the most recent (history windows, decay)."""
+        return np.repeat(self.indptr[1:] - 1, self.lengths) - np.arange(len(self.items))
+
     def subset(self, rows: np.ndarray | Sequence[int]) -> "Histories":
         rows = np.asarray(rows, dtype=np.int64)
         pos, indptr = _ragged_take(self.indptr, rows)

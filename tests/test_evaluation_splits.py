@@ -179,3 +179,10 @@ def test_histories_container():
     sub = h.subset([2, 0])
     assert [list(x) for x in sub] == [[2], [3, 1]]
     np.testing.assert_array_equal(h.row_of_event(), [0, 0, 2])
+
+
+def test_position_from_end_counts_the_later_events_of_each_row():
+    from evaluation.splits import Histories
+
+    h = Histories.from_lists([[3, 1, 2], [], [5, 6]])
+    assert h.position_from_end().tolist() == [2, 1, 0, 1, 0]

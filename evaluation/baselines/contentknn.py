@@ -56,8 +56,7 @@ class ContentKNN:
         unit = self.unit_
         rows, items = h.row_of_event(), h.items
         if self.history_window is not None:
-            pos_from_end = h.indptr[rows + 1] - 1 - np.arange(len(items))
-            keep = pos_from_end < self.history_window
+            keep = h.position_from_end() < self.history_window
             rows, items = rows[keep], items[keep]
         if self.aggregate == "mean":
             # Sparse (n, n_items) averaging matrix times the unit vectors = the mean profile per row.

@@ -86,7 +86,7 @@ class ItemKNN:
             raise RuntimeError("call fit() first")
         h = as_histories(histories)
         rows, cols = h.row_of_event(), h.items
-        pos_from_end = h.indptr[rows + 1] - 1 - np.arange(len(cols))
+        pos_from_end = h.position_from_end()
         if self.history_window is not None:
             keep = pos_from_end < self.history_window
             rows, cols, pos_from_end = rows[keep], cols[keep], pos_from_end[keep]
