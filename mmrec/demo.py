@@ -86,19 +86,15 @@ def index_catalog(catalog: Any, items: Any, *, batch_size: int = 128, progress: 
     return len(todo)
 
 
-def stored_vectors(store: Any, item_ids: np.ndarray, using: str = "fused") -> np.ndarray:
-    """(n, C) the vectors the store holds for ``item_ids``, in that order: the model trains on exactly
-    what the service will retrieve with."""
+def stored_vectors(catalog: Any, item_ids: np.ndarray) -> np.ndarray:
+    """(n, C) the fused vectors the catalog's store holds for ``item_ids``, in that order: the model trains
+    on exactly what the service will retrieve with."""
     ids = [str(x) for x in item_ids]
-    found: dict[str, np.ndarray] = {}
-    for s in range(0, len(ids), 1024):
-        for p in store.get(ids[s : s + 1024], with_vectors=True):
-            if using in p.vectors:
-                found[p.item_id] = np.asarray(p.vectors[using], dtype=np.float32)
+    found = catalog.item_vectors(ids)
     missing = [i for i in ids if i not in found]
     if missing:
-        raise UserError(f"{len(missing)} listings have no {using!r} vector in the store, e.g. {missing[:3]}")
-    return np.stack([found[i] for i in ids])
+        raise UserError(f"{len(missing)} listings have no fused vector in the store, e.g. {missing[:3]}")
+    return np.stack([np.asarray(found[i][0], dtype=np.float32) for i in ids])
 
 
 def _fingerprint(split: Any) -> str:
@@ -141,7 +137,7 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
         step("fusion transformer: train on the shopper SIMULATION (cross-market split)")
         split = cross_market_split(ds.events, items=ds.items, candidates="target_market", seed=config.seed)
         version = encoder_space_version(catalog.encoder)
-        vectors = stored_vectors(catalog.store, split.item_ids)
+        vectors = stored_vectors(catalog, split.item_ids)
         product_of = dict(zip(ds.items["item_id"], ds.items["product_id"]))
         products = np.asarray([product_of[i] for i in split.item_ids], dtype=object)
         model_path = data_dir / "model.pt"
