@@ -58,9 +58,10 @@ def history_values(events, split):
     return lookup
 
 
-def thread_speed(rec, split, seconds_each: float = 15.0) -> dict:
-    """Training positions per second of mmrec with 1 and 2 torch threads, alternating batches so the
-    machine's other load hits both alike."""
+def speed_settings(rec, split, seconds_each: float = 8.0) -> dict:
+    """Training positions per second of mmrec for 1 and 2 torch threads, in float32 and in bfloat16
+    autocast, alternating batches so the machine's other load hits all four alike. bfloat16 is only fast
+    where the CPU has AMX: on an AVX512-BF16-only Xeon it measured 1.6x slower than float32."""
     import torch
 
     from mmrec.model import FusionTransformer
@@ -80,22 +81,24 @@ def thread_speed(rec, split, seconds_each: float = 15.0) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
     prev = torch.get_num_threads()
-    speed = {1: [0.0, 0], 2: [0.0, 0]}
+    settings = [(n, bf16) for n in (1, 2) for bf16 in (False, True)]
+    speed = {s: [0.0, 0] for s in settings}
     while min(v[0] for v in speed.values()) < seconds_each:
         idx = rng.choice(len(starts), rec.train_config.batch_size, replace=False)
         batch = _gather(codes, starts[idx], lengths[idx])
-        for n in (1, 2):
+        for n, bf16 in settings:
             torch.set_num_threads(n)
             t0 = time.perf_counter()
-            loss, count = _loss(model, items, batch, catalog, None, rec.train_config, True, gen)
+            loss, count = _loss(model, items, batch, catalog, None, replace(rec.train_config, bf16=bf16), True, gen)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            speed[n][0] += time.perf_counter() - t0
-            speed[n][1] += count
+            speed[(n, bf16)][0] += time.perf_counter() - t0
+            speed[(n, bf16)][1] += count
     torch.set_num_threads(prev)
     rec.model_ = None
-    return {f"{n}_thread{'s' if n > 1 else ''}_positions_per_s": round(v[1] / v[0], 1) for n, v in speed.items()}
+    return {f"{n}_thread{'s' if n > 1 else ''}_{'bf16' if bf16 else 'fp32'}_positions_per_s": round(v[1] / v[0], 1)
+            for (n, bf16), v in speed.items()}
 
 
 def main() -> int:
@@ -115,8 +118,14 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=3e-3, help="mmrec peak learning rate")
     ap.add_argument("--id-dropout", type=float, default=0.0,
                     help="mmrec ID dropout (0: every ML-1M test item is warm, so it only regularises)")
+    ap.add_argument("--id-init", choices=("random", "cooccurrence"), default="cooccurrence",
+                    help="mmrec ID embedding init: random, or the PPMI-SVD of item pairs in the training histories")
+    ap.add_argument("--hidden", type=int, default=64, help="mmrec hidden width")
+    ap.add_argument("--dropout", type=float, default=0.2, help="mmrec dropout")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both transformers "
                     "(default: the faster of 1 and 2 in a quick measurement)")
+    ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                    help="mmrec bfloat16 autocast (default: whichever measured faster; SASRec runs in float32)")
     ap.add_argument("--max-users", type=int, default=None, help="quick run on a sample of users")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--skip", nargs="*", default=(), choices=("sasrec", "itemknn", "popularity"),
@@ -144,18 +153,25 @@ def main() -> int:
     embed_seconds = time.perf_counter() - t0
     aligned = vectors.aligned(split.item_ids)
 
-    mcfg = FusionConfig(content_dim=vectors.dim, hidden=64, n_layers=2, n_heads=1, ffn_mult=2, max_len=200,
-                        dropout=0.2, id_dropout=args.id_dropout)
+    mcfg = FusionConfig(content_dim=vectors.dim, hidden=args.hidden, n_layers=2, n_heads=1, ffn_mult=2, max_len=200,
+                        dropout=args.dropout, id_dropout=args.id_dropout)
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=0.01, warmup_steps=100,
-                       max_train_seconds=60 * args.minutes, eval_max_cases=2000, bf16=True, windows=args.windows, patience=args.patience,
-                       num_threads=args.threads or 1)
+                       max_train_seconds=60 * args.minutes, eval_max_cases=2000, bf16=args.bf16 == "on", windows=args.windows, patience=args.patience,
+                       num_threads=args.threads or 1, id_init=args.id_init)
     mmrec_model = FusionRecommender(aligned, mcfg, tcfg, item_ids=split.item_ids, vectors_version=vectors.version,
                                     value_lookup=history_values(ds.events, split))
-    threads = thread_speed(mmrec_model, split)
-    print(f"torch threads, mmrec training speed (positions/s): {threads}", flush=True)
-    if args.threads is None:
-        best = 2 if threads["2_threads_positions_per_s"] > 1.1 * threads["1_thread_positions_per_s"] else 1
-        mmrec_model.train_config.num_threads = best
+    threads = speed_settings(mmrec_model, split)
+    print(f"mmrec training speed (positions/s): {threads}", flush=True)
+
+    def fastest(n_threads: list[int], bf16: list[bool]) -> tuple[int, bool]:
+        """The fastest measured setting among the allowed ones; 2 threads only if >= 10% faster."""
+        rate = {(n, b): threads[f"{n}_thread{'s' if n > 1 else ''}_{'bf16' if b else 'fp32'}_positions_per_s"]
+                * (1 / 1.1 if n == 2 else 1.0) for n in n_threads for b in bf16}
+        return max(rate, key=rate.get)
+
+    n_best, bf16_best = fastest([args.threads] if args.threads else [1, 2],
+                                [args.bf16 == "on"] if args.bf16 != "auto" else [False, True])
+    mmrec_model.train_config.num_threads, mmrec_model.train_config.bf16 = n_best, bf16_best
     n_threads = mmrec_model.train_config.num_threads
 
     models = {"mmrec": mmrec_model}
@@ -209,7 +225,8 @@ def main() -> int:
                     "train_config": {k: v for k, v in vars(tcfg).items()}, "report": mmrec_model.report_}
     if "sasrec" in models:
         out["sasrec"] = models["sasrec"].describe() | {"log": models["sasrec"].log_}
-    out["thread_speed"] = threads
+    out["speed_settings"] = threads
+    out["bf16_used"] = mmrec_model.train_config.bf16
     out["threads_used"] = n_threads
     out["machine"] = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "load_avg_start": load_start,
                       "load_avg_end": os.getloadavg(), "note": "2-core machine shared with other jobs: timings are noisy"}
@@ -231,7 +248,7 @@ def main() -> int:
     print(f"mmrec: {len(rep['epochs'])} epochs (best {rep.get('best_epoch')}, stopped: {rep['stopped']}); "
           + (f"sasrec: {out['sasrec']['epochs_run']} epochs (best {out['sasrec']['best_epoch']}, stopped: "
              f"{out['sasrec']['stopped']}); " if "sasrec" in out else "")
-          + f"{n_threads} torch thread(s); load average {load_start[0]:.1f} -> {os.getloadavg()[0]:.1f} "
+          + f"{n_threads} torch thread(s), mmrec {'bfloat16' if mmrec_model.train_config.bf16 else 'float32'}; load average {load_start[0]:.1f} -> {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} cores")
     print(f"wrote {args.out}")
     return 0

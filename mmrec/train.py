@@ -68,8 +68,13 @@ class TrainConfig:
     max_train_seconds: float | None = None  # wall-clock budget for the whole fit (validation included)
     time_schedule: bool = True  # with a budget, the LR decay also follows the clock (ends on time under load;
     # then the run is not bit-for-bit repeatable, a fixed number of epochs without a budget is)
+    id_init: str = "random"  # "random" | "cooccurrence": start the ID embeddings from the PPMI-SVD of item
+    # pairs in the training histories (mmrec/cooccurrence.py), so a time-boxed run starts from what
+    # item-kNN knows instead of noise
+    id_init_window: int = 5  # "cooccurrence": items at most this many events apart count as a pair
     num_threads: int = 1  # 1 thread was faster than 2 on the shared 2-core box
-    bf16: bool = False  # bfloat16 autocast (AMX / AVX512-BF16 CPUs)
+    bf16: bool = False  # bfloat16 autocast: faster only with AMX; on an AVX512-BF16 Xeon without AMX the
+    # ML-1M step measured 1.6x slower than float32 (bench/ml1m.py measures both and picks)
     seed: int = 0
     progress: bool = True
 
@@ -578,6 +583,8 @@ class FusionRecommender:
         with _Threads(tc.num_threads):
             items = self._item_side()
             codes = EventCodes.from_interactions(train, self.model_.cfg)
+            if not resume and tc.id_init != "random":
+                self._init_ids(items, codes)
             validate = None
             if valid is not None and len(valid):
                 vset = valid
@@ -593,6 +600,21 @@ class FusionRecommender:
                                        validate=validate, log_prefix=self.name)
         self.report_["n_parameters"] = self.model_.n_parameters()
         return self
+
+    def _init_ids(self, items: ItemSide, codes: EventCodes) -> None:
+        """Overwrite the warm ID rows with co-occurrence embeddings (row 0, "unknown item", keeps its init)."""
+        tc, model = self.train_config, self.model_
+        if tc.id_init != "cooccurrence":
+            raise ValueError(f"id_init must be 'random' or 'cooccurrence', got {tc.id_init!r}")
+        if not (model.cfg.use_ids and model.cfg.n_ids):
+            return
+        from mmrec.cooccurrence import cooccurrence_matrix, ppmi_embeddings
+
+        event_ids = items.ids.numpy()[codes.item] - 1  # (events,) ID row - 1, -1 = no ID
+        counts = cooccurrence_matrix(event_ids, codes.indptr, model.cfg.n_ids, tc.id_init_window)
+        emb = ppmi_embeddings(counts, model.cfg.hidden, seed=tc.seed)
+        with torch.no_grad():
+            model.id_emb.weight[1:] = torch.from_numpy(emb)
 
     def _grow_ids(self, n_new: int) -> None:
         """Add ``n_new`` ID rows, initialised as the "unknown item" row: a new item starts exactly where

@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--loss", choices=("auto", "full", "sampled"), default="auto")
     t.add_argument("--patience", type=int, default=3)
     t.add_argument("--max-minutes", type=float, default=None, help="stop after this long (keeps the best)")
+    t.add_argument("--id-init", choices=("random", "cooccurrence"), default="random",
+                   help="start the item-ID embeddings at random, or from the PPMI-SVD of item pairs in the "
+                        "training histories (helps time-boxed runs; bench/ml1m.py uses it)")
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-progress", action="store_true")
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         warmup_steps=0 if resume else 100,
         batch_size=args.batch_size, loss=args.loss, patience=args.patience,
         max_train_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
-        num_threads=args.threads, seed=args.seed, progress=not args.no_progress,
+        num_threads=args.threads, seed=args.seed, id_init=args.id_init, progress=not args.no_progress,
     )
     if resume:
         rec = FusionRecommender.load(args.resume, aligned, item_ids=split.item_ids, item_market=split.item_market,
