@@ -68,7 +68,7 @@ def speed_key(n_threads: int, bf16: bool) -> str:
 def speed_settings(rec, split, seconds_each: float = 8.0) -> dict:
     """Training positions per second of mmrec for 1 and 2 torch threads, in float32 and in bfloat16
     autocast, alternating batches so the machine's other load hits all four alike. bfloat16 is only fast
-    where the CPU has AMX: on an AVX512-BF16-only Xeon it measured 1.6x slower than float32."""
+    where the CPU has AMX: on an AVX512-BF16-only Xeon it measured 1.35-1.6x slower than float32."""
     import torch
 
     from mmrec.model import FusionTransformer
@@ -162,22 +162,22 @@ def main() -> int:
     mcfg = FusionConfig(content_dim=vectors.dim, hidden=args.hidden, n_layers=2, n_heads=1, ffn_mult=2, max_len=200,
                         dropout=args.dropout, id_dropout=args.id_dropout)
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=0.01, warmup_steps=100,
-                       max_train_seconds=60 * args.minutes, eval_max_cases=2000, bf16=args.bf16 == "on", windows=args.windows, patience=args.patience,
+                       max_train_seconds=60 * args.minutes, eval_max_cases=2000, windows=args.windows, patience=args.patience,
                        num_threads=args.threads or 1, id_init=args.id_init)
     mmrec_model = FusionRecommender(aligned, mcfg, tcfg, item_ids=split.item_ids, vectors_version=vectors.version,
                                     value_lookup=history_values(ds.events, split))
-    threads = speed_settings(mmrec_model, split)
-    print(f"mmrec training speed (positions/s): {threads}", flush=True)
+    speeds = speed_settings(mmrec_model, split)
+    print(f"mmrec training speed (positions/s): {speeds}", flush=True)
 
     def fastest(n_threads: list[int], bf16: list[bool]) -> tuple[int, bool]:
         """The fastest measured setting among the allowed ones; 2 threads only if >= 10% faster."""
-        rate = {(n, b): threads[speed_key(n, b)] * (1 / 1.1 if n == 2 else 1.0) for n in n_threads for b in bf16}
+        rate = {(n, b): speeds[speed_key(n, b)] * (1 / 1.1 if n == 2 else 1.0) for n in n_threads for b in bf16}
         return max(rate, key=rate.get)
 
     n_best, bf16_best = fastest([args.threads] if args.threads else [1, 2],
                                 [args.bf16 == "on"] if args.bf16 != "auto" else [False, True])
     mmrec_model.train_config.num_threads, mmrec_model.train_config.bf16 = n_best, bf16_best
-    n_threads = mmrec_model.train_config.num_threads
+    n_threads = n_best
 
     models = {"mmrec": mmrec_model}
     if "sasrec" not in args.skip:
@@ -230,7 +230,7 @@ def main() -> int:
                     "train_config": {k: v for k, v in vars(tcfg).items()}, "report": mmrec_model.report_}
     if "sasrec" in models:
         out["sasrec"] = models["sasrec"].describe() | {"log": models["sasrec"].log_}
-    out["speed_settings"] = threads
+    out["speed_settings"] = speeds
     out["bf16_used"] = mmrec_model.train_config.bf16
     out["threads_used"] = n_threads
     out["machine"] = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "load_avg_start": load_start,

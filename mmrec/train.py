@@ -74,7 +74,7 @@ class TrainConfig:
     id_init_window: int = 5  # "cooccurrence": items at most this many events apart count as a pair
     num_threads: int = 1  # 1 thread was faster than 2 on the shared 2-core box
     bf16: bool = False  # bfloat16 autocast: faster only with AMX; on an AVX512-BF16 Xeon without AMX the
-    # ML-1M step measured 1.6x slower than float32 (bench/ml1m.py measures both and picks)
+    # ML-1M step measured 1.35-1.6x slower than float32 (bench/ml1m.py measures both and picks)
     seed: int = 0
     progress: bool = True
 
@@ -566,6 +566,8 @@ class FusionRecommender:
                              "items; align the vectors with split.item_ids")
         if self.item_ids is None:
             self.item_ids = np.asarray(train.item_ids, dtype=object)
+        if self.train_config.id_init not in ("random", "cooccurrence"):
+            raise ValueError(f"id_init must be 'random' or 'cooccurrence', got {self.train_config.id_init!r}")
         counts = train.item_counts()
         warm_names = list(dict.fromkeys(str(k) for k in self._id_keys()[counts > 0]))
         tc = self.train_config
@@ -583,7 +585,7 @@ class FusionRecommender:
         with _Threads(tc.num_threads):
             items = self._item_side()
             codes = EventCodes.from_interactions(train, self.model_.cfg)
-            if not resume and tc.id_init != "random":
+            if not resume and tc.id_init == "cooccurrence":
                 self._init_ids(items, codes)
             validate = None
             if valid is not None and len(valid):
@@ -604,8 +606,6 @@ class FusionRecommender:
     def _init_ids(self, items: ItemSide, codes: EventCodes) -> None:
         """Overwrite the warm ID rows with co-occurrence embeddings (row 0, "unknown item", keeps its init)."""
         tc, model = self.train_config, self.model_
-        if tc.id_init != "cooccurrence":
-            raise ValueError(f"id_init must be 'random' or 'cooccurrence', got {tc.id_init!r}")
         if not (model.cfg.use_ids and model.cfg.n_ids):
             return
         from mmrec.cooccurrence import cooccurrence_matrix, ppmi_embeddings
