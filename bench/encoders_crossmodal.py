@@ -9,6 +9,9 @@ emoji-market (479 product-like emoji, titles in 14 languages, Noto Color Emoji r
   * (b) held-out products searched among ALL 479 images, where the trained ones compete with them.
 Methods side by side: random (analytic k/n), the training-free ImageNet class-name bridge (the baseline),
 the adapter's network alone, its memory alone, and the default mix (FusionConfig weights).
+Text side: mmrec's default text encoder unless --text-encoder says otherwise. Its e5 part is tuned on the
+TITLES (never the images) of the ~80% of products outside `held_out_from_tuning`; the adapter's folds here
+are drawn independently of that split.
 Zero-shot: Fashion-MNIST test images (real product photos, Debian `dataset-fashion-mnist`) classified by
 the nearest class name, names written in 14 languages, with the default adapter trained on emoji-market.
 Writes keys "crossmodal", "crossmodal_default", "crossmodal_baseline", "zeroshot" into
@@ -231,12 +234,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from encoders.text import load_text_encoder
+    from mmrec.text_encoders import load_text
     from mmrec.adapters import default_adapter
     from mmrec.paths import cache_dir
 
     started = time.time()
-    text_encoder = load_text_encoder(args.text_encoder)
+    text_encoder = load_text(args.text_encoder)
     image_encoder = load_image_encoder(args.image_encoder)
     config, fusion = AdapterConfig(seed=args.seed), FusionConfig()
     if args.steps is not None:

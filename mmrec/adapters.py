@@ -20,6 +20,7 @@ from encoders.fusion import FusionConfig, MultimodalEncoder
 from encoders.image import DEFAULT_IMAGE_ENCODER, load_image_encoder
 from mmrec.errors import UserError
 from mmrec.paths import cache_dir
+from mmrec.text_encoders import load_text
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +77,10 @@ def train_catalog_adapter(catalog: str = DEFAULT_CATALOG, *, text_encoder: Any =
                           image_encoder: Any = DEFAULT_IMAGE_ENCODER, config: AdapterConfig | None = None,
                           progress: bool = True) -> ImageTextAdapter:
     """Train an adapter on a catalog (built-in name or file); encoders given as specs or objects."""
-    from encoders.text import load_text_encoder
-
     products = catalog_products(load_catalog_items(catalog))  # the cheap checks first
     if len(products) < 2:
         raise UserError(f"{catalog}: adapter training needs at least 2 products with an image and a title")
-    text = load_text_encoder(text_encoder) if isinstance(text_encoder, str) else text_encoder
+    text = load_text(text_encoder)
     image = load_image_encoder(image_encoder) if isinstance(image_encoder, str) else image_encoder
     log.info("training an image->text adapter on %s (%d products) for %s", catalog, len(products), text.name)
     return fit_catalog_adapter(products, text, image, config=config, cache_dir=cache_dir("adapters", "views"),
@@ -99,9 +98,7 @@ def default_adapter_path(text_encoder: Any, image_encoder: Any, catalog: str = D
 def default_adapter(text_encoder: Any = "default", image_encoder: Any = DEFAULT_IMAGE_ENCODER, *,
                     catalog: str = DEFAULT_CATALOG, retrain: bool = False, progress: bool = True) -> ImageTextAdapter:
     """The adapter for (image encoder, text encoder), trained on `catalog` into the cache on first use."""
-    from encoders.text import load_text_encoder
-
-    text = load_text_encoder(text_encoder) if isinstance(text_encoder, str) else text_encoder
+    text = load_text(text_encoder)
     image = load_image_encoder(image_encoder) if isinstance(image_encoder, str) else image_encoder
     path = default_adapter_path(text, image, catalog)
     if not retrain and path.with_suffix(".pt").exists():
@@ -121,12 +118,11 @@ def load_multimodal_encoder(text_encoder: Any = "default", image_encoder: Any = 
     image encoder with text_encoder="clip" uses its own text tower and needs no adapter.
     """
     from encoders.image import OpenClipEncoder
-    from encoders.text import load_text_encoder
 
     image = load_image_encoder(image_encoder) if isinstance(image_encoder, str) else image_encoder
     if isinstance(image, OpenClipEncoder) and text_encoder in ("clip", "default", None):
         return MultimodalEncoder(image.text_encoder(), image, None, fusion)
-    text = load_text_encoder(text_encoder) if isinstance(text_encoder, str) else text_encoder
+    text = load_text(text_encoder)
     if isinstance(image, OpenClipEncoder):
         raise UserError(f"{image.name} pairs with its own text tower (text encoder 'clip'), not {text.name}")
     if adapter == "default":

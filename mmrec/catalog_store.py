@@ -35,7 +35,7 @@ DISPLAY_FIELDS = ("title", "description", "has_image")
 class CatalogConfig:
     """What turns items into vectors and where they are kept.
 
-    text_encoder / image_encoder: specs for `encoders.text.load_text_encoder` and
+    text_encoder / image_encoder: specs for `mmrec.text_encoders.load_text` and
       `encoders.image.load_image_encoder` (image_encoder None: text only).
     adapter: "default" (the adapter trained on emoji-market for these encoders, trained into the cache on
       first use), a trained image->text adapter file (`mmrec train-adapter` on your catalog), or None: images
@@ -123,9 +123,9 @@ class Recommendation:
 def load_encoder(config: CatalogConfig) -> "MultimodalEncoder":
     """The MultimodalEncoder named by the config (model weights come from installed packages only)."""
     from encoders.fusion import FusionConfig, MultimodalEncoder
-    from encoders.text import load_text_encoder
+    from mmrec.text_encoders import load_text
 
-    text = load_text_encoder(config.text_encoder)
+    text = load_text(config.text_encoder)
     image = adapter = None
     if config.image_encoder:
         from encoders.image import load_image_encoder

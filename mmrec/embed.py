@@ -42,11 +42,12 @@ def _as_dataset(catalog: Any) -> datasets.Dataset:
 def build_encoder(text_encoder: Any = "default", image_encoder: Any = "default", adapter: Any = "default",
                   fusion: Any = None, *, progress: bool = True) -> Any:
     """The encoder `embed` uses: text only when image_encoder is None, else a MultimodalEncoder."""
-    from encoders.text import TextEncoderError, load_text_encoder
+    from encoders.text import TextEncoderError
+    from mmrec.text_encoders import load_text
 
     try:
         if image_encoder is None:
-            return load_text_encoder(text_encoder) if isinstance(text_encoder, str) else text_encoder
+            return load_text(text_encoder)
         from encoders.image import DEFAULT_IMAGE_ENCODER, ModelUnavailableError
         from mmrec.adapters import load_multimodal_encoder
 

@@ -96,14 +96,15 @@ def text_vectors(
 
     ``items``: a `datasets.Dataset`, DataFrame or list of item dicts (needs item_id and title).
     """
-    from encoders.text import encoder_version, load_text_encoder
+    from encoders.text import encoder_version
+    from mmrec.text_encoders import load_text
 
     rows = _rows(items)
     if not rows:
         raise UserError("the catalog is empty")
     ids = np.asarray([r["item_id"] for r in rows], dtype=object)
     texts = list(texts) if texts is not None else [item_text(r, fields) for r in rows]
-    encoder = load_text_encoder(spec)
+    encoder = load_text(spec)
     space = f"text:{spec}|{encoder_version(encoder)}|{TEXT_RECIPE}|{'+'.join(fields)}"
     version = hashlib.sha256(space.encode()).hexdigest()[:16]
     key = hashlib.sha256((space + "\n" + "\n".join(texts)).encode()).hexdigest()[:24]
