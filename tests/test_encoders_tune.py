@@ -92,10 +92,10 @@ def test_held_out_rule_and_title_groups(emoji_market):
 def test_cli_train_text_on_a_small_catalog(tmp_path, capsys):
     from mmrec.cli import main
 
+    names = {"tea": {"en": "green tea", "de": "grüner Tee"}, "cup": {"en": "coffee cup", "de": "Kaffeetasse"},
+             "key": {"en": "door key", "de": "Türschlüssel"}}
     rows = [{"item_id": f"{p}:{lang}", "product_id": p, "title": title, "language": lang}
-            for p, names in (("tea", {"en": "green tea", "de": "grüner Tee"}), ("cup", {"en": "coffee cup", "de": "Kaffeetasse"}),
-                             ("key", {"en": "door key", "de": "Türschlüssel"}))
-            for lang, title in names.items()]
+            for p, by_lang in names.items() for lang, title in by_lang.items()]
     catalog = tmp_path / "shop.jsonl"
     catalog.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "tuned"
