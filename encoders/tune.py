@@ -38,7 +38,7 @@ class TextTuneConfig:
     temperature: float = 0.05
     max_length: int = 64  # tokens; product titles are far shorter
     seed: int = 0
-    threads: int = 0  # torch threads while tuning; 0 = every core (2 threads: 3.4 s/step here, 1: ~5 s)
+    threads: int = 0  # torch threads while tuning; 0 = every core (2 threads: ~3.2 s/step here)
 
     def digest(self) -> str:
         """Identifies the tuning recipe: cache paths and encoder versions include it (`threads` excluded)."""

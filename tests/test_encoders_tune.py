@@ -100,7 +100,7 @@ def test_cli_train_text_on_a_small_catalog(tmp_path, capsys):
     catalog.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "tuned"
     code = main(["train-text", "--catalog", str(catalog), "--out", str(out), "--steps", "2", "--batch-products", "3",
-                 "--threads", "1", "--all-products"])
+                 "--threads", "1"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["groups"] == 3 and printed["held_out"] == "none" and printed["name"] == "e5-small-tuned[shop]"

@@ -24,8 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, default=None, help="learning rate [5e-5]")
     parser.add_argument("--seed", type=int, default=None, help="random seed [0]")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = every core [0]")
-    parser.add_argument("--all-products", action="store_true",
-                        help="also tune on the products the default keeps out for evaluation (1 in 5)")
+    parser.add_argument("--hold-out", action="store_true",
+                        help="keep 1 product in 5 (by a hash of its id) out of tuning, to measure on them later, as "
+                             "the default model does")
     parser.set_defaults(func=_run)
 
 
@@ -41,7 +42,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--threads must be >= 0")
     config = replace(TextTuneConfig(threads=args.threads), **overrides)
     try:
-        path = tune_catalog_text_encoder(args.catalog, args.out, config, skip_held_out=not args.all_products)
+        path = tune_catalog_text_encoder(args.catalog, args.out, config, skip_held_out=args.hold_out)
     except (ValueError, RuntimeError, OSError) as exc:
         raise UserError(str(exc).splitlines()[0]) from None
     info = read_tune_info(path) or {}
