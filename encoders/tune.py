@@ -9,8 +9,9 @@ those).
 Recipe (e5 / LaBSE style): mean pooling, symmetric InfoNCE with in-batch negatives, temperature 0.05. Each
 step draws `batch_groups` groups and two different texts from each. The word-embedding table (250k pieces,
 80% of e5-small's weights) stays frozen: the pieces of titles seen in tuning must not drift away from the
-pieces of unseen ones. The result is a standalone model directory (transformers + sentence-transformers
-files + `tune.json`), loadable by `encoders.text.load_text_encoder(path)`.
+pieces of unseen ones. The base is an XLM-R-architecture encoder (e5-small; `encoders.text` loads it as
+one). The result is a standalone model directory (transformers + sentence-transformers files + `tune.json`),
+loadable by `encoders.text.load_text_encoder(path)`.
 """
 from __future__ import annotations
 
@@ -52,11 +53,12 @@ def tune_text_encoder(base_dir: str | Path, groups: Sequence[Sequence[str]], out
     """Fine-tune the model in `base_dir` so that texts of one group embed together; write it to `out_dir`.
 
     groups: texts that mean the same thing (a product's titles in several languages); groups with fewer than
-    two distinct texts are skipped. prefix: prepended to every text (e5: "passage: "). The directory is
-    written aside and renamed into place, so an interrupted run leaves nothing half-written.
+    two distinct texts are skipped. prefix: prepended to every text (e5: "passage: "). meta["version"], if
+    given, names the result in encoder versions (cache keys); else a digest of recipe, base and texts does.
+    The directory is written aside and renamed into place, so an interrupted run leaves nothing half-written
+    and a failed one leaves an earlier model where it was.
     """
     import torch
-    from tqdm.auto import tqdm
     from transformers import AutoModel, AutoTokenizer
 
     config = config or TextTuneConfig()
@@ -70,23 +72,44 @@ def tune_text_encoder(base_dir: str | Path, groups: Sequence[Sequence[str]], out
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and read_tune_info(out_dir) is None)):
         raise ValueError(f"{out_dir} exists and is not an earlier tuned model: choose a new output directory")
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     model = AutoModel.from_pretrained(base_dir, add_pooling_layer=False)
     model.get_input_embeddings().weight.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     batch = min(config.batch_groups, len(usable))
-    labels = torch.arange(batch)
     losses: list[float] = []
     threads_before = torch.get_num_threads()
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     start = time.perf_counter()
     model.train()
     try:
-        bar = tqdm(range(config.steps), desc="tuning text encoder", unit="step", disable=not progress)
+        with torch.random.fork_rng():  # seed dropout without touching the caller's random state
+            torch.manual_seed(config.seed)
+            _train(model, tokenizer, optimiser, usable, batch, config, prefix, rng, losses, progress)
+    finally:
+        torch.set_num_threads(threads_before)
+    model.eval()
+    data = hashlib.sha256(json.dumps([str(base_dir.resolve()), prefix, usable], ensure_ascii=False).encode())
+    info = {"format": TUNE_FORMAT, "base": str(base_dir), "config": asdict(config), "digest": config.digest(),
+            "version": f"{config.digest()}-{data.hexdigest()[:10]}",
+            "groups": len(usable), "texts": sum(len(g) for g in usable), "prefix": prefix,
+            "loss_first": losses[0], "loss_last_10": round(sum(losses[-10:]) / len(losses[-10:]), 4),
+            "losses": losses, "train_seconds": round(time.perf_counter() - start, 1), **(meta or {})}
+    _write(model, tokenizer, base_dir, out_dir, info)
+    return out_dir
+
+
+def _train(model, tokenizer, optimiser, groups: list[list[str]], batch: int, config: TextTuneConfig, prefix: str,
+           rng: random.Random, losses: list[float], progress: bool) -> None:
+    """The training loop: `config.steps` steps of symmetric InfoNCE over `batch` groups x 2 texts."""
+    import torch
+    from tqdm.auto import tqdm
+
+    labels = torch.arange(batch)
+    with tqdm(range(config.steps), desc="tuning text encoder", unit="step", disable=not progress) as bar:
         for _ in bar:
-            pairs = [rng.sample(g, 2) for g in rng.sample(usable, batch)]
+            pairs = [rng.sample(g, 2) for g in rng.sample(groups, batch)]
             texts = [prefix + p[0] for p in pairs] + [prefix + p[1] for p in pairs]
             enc = tokenizer(texts, padding=True, truncation=True, max_length=config.max_length, return_tensors="pt")
             hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
@@ -100,34 +123,45 @@ def tune_text_encoder(base_dir: str | Path, groups: Sequence[Sequence[str]], out
             optimiser.step()
             losses.append(round(loss.item(), 4))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    finally:
-        torch.set_num_threads(threads_before)
-    model.eval()
-    info = {"format": TUNE_FORMAT, "base": str(base_dir), "config": asdict(config), "digest": config.digest(),
-            "groups": len(usable), "texts": sum(len(g) for g in usable), "prefix": prefix,
-            "loss_first": losses[0], "loss_last_10": round(sum(losses[-10:]) / len(losses[-10:]), 4),
-            "losses": losses, "train_seconds": round(time.perf_counter() - start, 1), **(meta or {})}
+
+
+def _write(model, tokenizer, base_dir: Path, out_dir: Path, info: dict[str, Any]) -> None:
+    """Save aside, then swap in: an earlier model at `out_dir` is removed only once the new one is in place."""
+    import torch
+
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     try:
         with torch.no_grad():
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
-                     "1_Pooling", "2_Normalize"):  # keep it loadable by sentence-transformers as well
-            src = base_dir / name
+        for name in ("modules.json", "sentence_bert_config.json", "1_Pooling", "2_Normalize"):
+            src = base_dir / name  # keep it loadable by sentence-transformers as well
             if src.is_dir():
                 shutil.copytree(src, tmp / name)
             elif src.exists():
                 shutil.copy2(src, tmp / name)
+        prefix = info["prefix"]  # tuned with one prefix on both sides: sentence-transformers must use it too
+        (tmp / "config_sentence_transformers.json").write_text(json.dumps({
+            "prompts": {"query": prefix, "passage": prefix}, "default_prompt_name": "passage",
+            "similarity_fn_name": "cosine"}, indent=2))
         (tmp / TUNE_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out_dir
+    old = out_dir.with_name(out_dir.name + ".old") if out_dir.exists() else None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+    try:
+        tmp.rename(out_dir)
+    except BaseException:
+        if old is not None:
+            old.rename(out_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_tune_info(model_dir: str | Path) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ cached separately so that retraining for another text encoder takes seconds.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from pathlib import Path
@@ -91,7 +92,9 @@ def train_catalog_adapter(catalog: str = DEFAULT_CATALOG, *, text_encoder: Any =
 def default_adapter_path(text_encoder: Any, image_encoder: Any, catalog: str = DEFAULT_CATALOG,
                          config: AdapterConfig | None = None) -> Path:
     config = config or AdapterConfig()
-    name = f"{catalog}--{image_encoder.name}--{_slug(_text_version(text_encoder))}--{config.digest()}"
+    version = _text_version(text_encoder)  # slugged for reading, hashed so that a cut-off slug cannot collide
+    tag = hashlib.sha256(version.encode()).hexdigest()[:8]
+    name = f"{catalog}--{image_encoder.name}--{_slug(version)}-{tag}--{config.digest()}"
     return cache_dir("adapters") / name
 
 

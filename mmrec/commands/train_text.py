@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import replace
 
 from mmrec.errors import UserError
@@ -13,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train-text", help="fine-tune e5-small so a product's titles in different languages embed together",
         description="Contrastive fine-tuning (symmetric InfoNCE, in-batch negatives) of e5-small on the titles "
                     "of a catalog: rows sharing a product_id are positives of each other. Seeded: the same "
-                    "command gives the same model. Use the output directory as a text encoder spec, alone or "
+                    "command with the same --threads on the same machine gives the same model. Use the output directory as a text encoder spec, alone or "
                     "combined, e.g. --text-encoder 'OUT+use-m3'.")
     parser.add_argument("--catalog", default="emoji-market",
                         help="built-in dataset name or a catalog file (JSONL/Parquet/CSV with product_id and "
@@ -36,7 +37,8 @@ def _run(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in (("steps", args.steps), ("batch_groups", args.batch_products), ("lr", args.lr),
                                    ("seed", args.seed)) if v is not None}
-    if overrides.get("steps", 1) < 1 or overrides.get("batch_groups", 2) < 2 or overrides.get("lr", 1) <= 0:
+    lr = overrides.get("lr", 1.0)
+    if overrides.get("steps", 1) < 1 or overrides.get("batch_groups", 2) < 2 or not (math.isfinite(lr) and lr > 0):
         raise UserError("--steps must be >= 1, --batch-products >= 2 and --lr > 0")
     if args.threads < 0:
         raise UserError("--threads must be >= 0")
