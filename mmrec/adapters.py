@@ -42,8 +42,13 @@ def _slug(text: str) -> str:
 
 
 def catalog_products(items: Iterable[dict]) -> list[CatalogProduct]:
+    """Products with an image and a title (see `group_products`): what an image->text adapter trains on."""
+    return [p for p in group_products(items) if p.image is not None and p.titles]
+
+
+def group_products(items: Iterable[dict]) -> list[CatalogProduct]:
     """Group catalog rows into products: rows sharing `product_id` (else `item_id`) are one product; its first
-    image and all its distinct titles (every language) are kept. Products without an image are skipped."""
+    image (None if it has none) and all its distinct non-blank titles (every language) are kept."""
     groups: dict[str, CatalogProduct] = {}
     for row in items:
         key = row.get("product_id") or row.get("item_id")
@@ -57,7 +62,7 @@ def catalog_products(items: Iterable[dict]) -> list[CatalogProduct]:
         title = row.get("title")
         if isinstance(title, str) and title.strip() and title not in prod.titles:
             prod.titles.append(title)
-    return [p for p in groups.values() if p.image is not None and p.titles]
+    return list(groups.values())
 
 
 def load_catalog_items(catalog: str):

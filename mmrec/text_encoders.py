@@ -47,18 +47,11 @@ def held_out_from_tuning(product_id: str) -> bool:
 
 def title_groups(items: Iterable[dict], *, skip_held_out: bool = True) -> list[list[str]]:
     """A catalog's titles grouped by product (`product_id`, else `item_id`): the positives of text tuning."""
-    groups: dict[str, list[str]] = {}
-    for row in items:
-        key = row.get("product_id") or row.get("item_id")
-        title = row.get("title")
-        if not key or not isinstance(title, str) or not title.strip():
-            continue
-        if skip_held_out and held_out_from_tuning(key):
-            continue
-        group = groups.setdefault(str(key), [])
-        if title.strip() not in group:
-            group.append(title.strip())
-    return [g for g in groups.values() if len(g) >= 2]
+    from mmrec.adapters import group_products
+
+    groups = [list(dict.fromkeys(t.strip() for t in p.titles)) for p in group_products(items)
+              if not (skip_held_out and held_out_from_tuning(p.key))]
+    return [g for g in groups if len(g) >= 2]
 
 
 def tune_catalog_text_encoder(catalog: str, out: str | Path, config: TextTuneConfig | None = None, *,
