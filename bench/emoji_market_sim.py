@@ -1,6 +1,6 @@
 """Cross-market recommendation on the emoji-market shopper SIMULATION: mmrec vs content-kNN and popularity.
 
-    .venv/bin/python bench/emoji_market_sim.py [--minutes 5] [--vectors text:use-m3] [--threads 1]
+    .venv/bin/python bench/emoji_market_sim.py [--minutes 5] [--vectors text:use-m3] [--threads 1] [--bf16 on|off]
 
 The events are a SIMULATION (mmrec.datasets.shoppers: seeded synthetic shoppers over the real
 emoji-market catalog of 479 products x 14 languages/markets); every number here is a simulation figure.
@@ -35,6 +35,9 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--vectors", default="text:use-m3", help="item content vectors (see mmrec.item_vectors)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--bf16", choices=("on", "off"), default="on",
+                    help="bfloat16 autocast for mmrec's training (the committed result used on; off is faster "
+                         "on CPUs without AMX, see TrainConfig.bf16)")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "emoji_market_sim.json"))
     args = ap.parse_args()
@@ -62,7 +65,7 @@ def main() -> int:
         aligned,
         FusionConfig(content_dim=vectors.dim, hidden=64, n_layers=2, max_len=100, dropout=0.2, id_dropout=0.2),
         TrainConfig(epochs=args.epochs, lr=3e-3, warmup_steps=50, max_train_seconds=60 * args.minutes,
-                    bf16=True, num_threads=args.threads),
+                    bf16=args.bf16 == "on", num_threads=args.threads),
         item_ids=split.item_ids, item_market=split.item_market, vectors_version=vectors.version,
         item_products=np.asarray([product_of[i] for i in split.item_ids], dtype=object),
     )
@@ -78,6 +81,7 @@ def main() -> int:
         "protocol": "cross_market_split: history = home-market events, target = last event in another market, "
                     "storefront (target market) given as context, seen listings excluded",
         "item_vectors": vectors.spec,
+        "bf16": args.bf16 == "on",
         "split": split.describe(),
         "candidates": {},
     }

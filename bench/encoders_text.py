@@ -90,7 +90,7 @@ def summarise(r: dict[int, np.ndarray]) -> dict:
 def crosslingual(threads: int) -> tuple[dict, str]:
     import torch
 
-    from encoders.text import _WEIGHTED, ConcatEncoder
+    from encoders.text import ConcatEncoder, split_weighted
     from mmrec.text_encoders import DEFAULT_TEXT, held_out_from_tuning, load_text
 
     torch.set_num_threads(threads)
@@ -104,12 +104,7 @@ def crosslingual(threads: int) -> tuple[dict, str]:
         if spec in singles:
             enc = singles[spec]
         else:
-            parts = []
-            for piece in spec.split("+"):
-                m = _WEIGHTED.match(piece)
-                w, sub = (float(m.group(1)), m.group(2)) if m else (1.0, piece)
-                parts.append((w, singles[sub]))
-            enc = ConcatEncoder(parts)
+            enc = ConcatEncoder([(w, singles[sub]) for w, sub in split_weighted(spec)])
         start = time.perf_counter()
         vecs = enc.encode(flat).reshape(len(pids), len(LANGS), -1)
         results[spec] = {**summarise(recall_matrix(vecs, held)), "tuned": TUNED in spec,

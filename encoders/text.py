@@ -267,13 +267,44 @@ def load_minilm() -> SentenceTransformerEncoder:
 _WEIGHTED = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*\*\s*(.+?)\s*$")
 
 
+def split_weighted(spec: str) -> list[tuple[float, str]]:
+    """`0.4*A+0.6*B` -> [(0.4, "A"), (0.6, "B")]; an unweighted part gets 1.0; one part if no `+`.
+
+    A local path may itself contain `+` (a cache under `/data/c++/`): pieces are re-joined while the
+    joined text names an existing file, longest first, so such paths are never cut apart.
+    """
+    def parse(piece: str) -> tuple[float, str]:
+        m = _WEIGHTED.match(piece)
+        return (float(m.group(1)), m.group(2)) if m else (1.0, piece.strip())
+
+    pieces, out, i = spec.split("+"), [], 0
+    while i < len(pieces):
+        j = next((j for j in range(len(pieces), i + 1, -1)
+                  if Path(parse("+".join(pieces[i:j]))[1]).expanduser().exists()), i + 1)
+        out.append(parse("+".join(pieces[i:j])))
+        i = j
+    return out
+
+
+def _local_stamp(spec: str) -> int:
+    """Changes when a local model directory is rewritten (e.g. re-tuned into the same path in-process)."""
+    path = Path(spec).expanduser()
+    try:
+        return max((f.stat().st_mtime_ns for f in path.iterdir()), default=0) if path.is_dir() else path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
 def load_text_encoder(spec: str = "default", *, cache_dir: str | Path | None = None,
                       reuse: bool = True) -> TextEncoder:
     """Build (or reuse, within this process) the text encoder named by `spec`; see the module docstring."""
     if not isinstance(spec, str) or not spec.strip():
         raise TextEncoderError(f"text encoder spec must be a non-empty string, not {spec!r}")
     spec = spec.strip()
-    key = (spec, str(cache_dir or ""))
+    parts = split_weighted(spec)
+    if len(parts) > 1:  # a combination is cheap to assemble; its parts are reused (and re-checked) one by one
+        return ConcatEncoder([(w, load_text_encoder(sub, cache_dir=cache_dir, reuse=reuse)) for w, sub in parts])
+    key = (spec, str(cache_dir or ""), _local_stamp(spec))
     if reuse and key in _CACHE:
         return _CACHE[key]
     enc = _build(spec, cache_dir)
@@ -300,13 +331,6 @@ def _build(spec: str, cache_dir: str | Path | None) -> TextEncoder:
         return open_clip_text_encoder(spec)
     if low.startswith("st:"):
         return SentenceTransformerEncoder(spec[3:])
-    if "+" in spec:
-        parts = []
-        for piece in spec.split("+"):
-            m = _WEIGHTED.match(piece)
-            weight, sub = (float(m.group(1)), m.group(2)) if m else (1.0, piece.strip())
-            parts.append((weight, load_text_encoder(sub, cache_dir=cache_dir)))
-        return ConcatEncoder(parts)
     base, _, option = low.partition(":")
     if base in _E5_ALIASES:
         return load_e5(quantize=option or None, cache_dir=cache_dir)

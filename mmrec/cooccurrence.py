@@ -16,13 +16,15 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
+from evaluation.splits import Histories
+
 
 def cooccurrence_matrix(items: np.ndarray, indptr: np.ndarray, n: int, window: int) -> sp.csr_matrix:
     """(n, n) symmetric counts of item pairs at most ``window`` events apart in one history.
 
     items: (events,) codes in 0..n-1, negative = skip (e.g. items without an ID); indptr: (rows + 1,)."""
     items = np.asarray(items, dtype=np.int64)
-    row = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    row = Histories(indptr=indptr, items=items).row_of_event()
     a_all, b_all = [], []
     for offset in range(1, window + 1):
         a, b = items[:-offset], items[offset:]

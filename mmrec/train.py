@@ -129,7 +129,7 @@ class EventCodes:
         markets: np.ndarray | None = None,
     ) -> "EventCodes":
         n = len(item)
-        row = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+        row = Histories(indptr=indptr, items=item).row_of_event()
         first = np.ones(n, dtype=bool)
         first[1:] = row[1:] != row[:-1]
         tie = None

@@ -3,12 +3,13 @@ mmrec's held-out rule and spec resolution, the CLI, and the shipped default on p
 from __future__ import annotations
 
 import json
+import shutil
 from collections import defaultdict
 
 import numpy as np
 import pytest
 
-from encoders.text import load_text_encoder
+from encoders.text import load_text_encoder, split_weighted
 from encoders.tune import TextTuneConfig, read_tune_info, tune_text_encoder
 
 LANGS3 = ("en", "de", "ja")
@@ -46,7 +47,7 @@ def test_tuning_pulls_translations_together_and_is_seeded(by_product, tmp_path):
                             meta={"name": "tiny-tune"}, progress=False)
     info = read_tune_info(out)
     assert info["groups"] == 16 and info["config"]["steps"] == 4 and len(info["losses"]) == 4
-    tuned = load_text_encoder(str(out), reuse=False)
+    tuned = load_text_encoder(str(out))
     assert tuned.name == "tiny-tune" and tuned.dim == 384 and info["digest"] in tuned.version
     frozen = load_text_encoder("e5-small")
     texts = [t for g in groups for t in g]
@@ -57,6 +58,15 @@ def test_tuning_pulls_translations_together_and_is_seeded(by_product, tmp_path):
     again = tune_text_encoder(rebuilt_e5_dir(), groups, tmp_path / "again", config, prefix="passage: ", progress=False)
     assert read_tune_info(again)["losses"] == info["losses"]  # same seed, same run
     np.testing.assert_allclose(load_text_encoder(str(again), reuse=False).encode(texts[:6]), after_vecs[:6], atol=1e-5)
+    # a directory re-tuned in place is reloaded, not served stale from this process's encoder cache
+    tune_text_encoder(rebuilt_e5_dir(), groups, out, TextTuneConfig(steps=2, batch_groups=8, lr=1e-4, threads=1),
+                      prefix="passage: ", meta={"name": "tiny-tune"}, progress=False)
+    assert load_text_encoder(str(out)).version != tuned.version
+    # a path with `+` in it still works inside a weighted combination
+    plus = tmp_path / "c++" / "tuned+1"
+    shutil.copytree(again, plus)
+    both = load_text_encoder(f"0.5*{plus}+0.5*use-m3")
+    assert both.dim == 384 + 512 and [round(w, 2) for w, _ in both.parts] == [0.5, 0.5]
 
 
 def test_tuning_refuses_bad_groups_and_foreign_output_dirs(tmp_path):
@@ -116,7 +126,7 @@ def _has_token(spec: str) -> bool:
     """True if the spec still names the tuned model instead of its directory."""
     from mmrec.text_encoders import TUNED
 
-    return any(piece.strip().split("*")[-1] == TUNED for piece in spec.split("+"))
+    return any(name == TUNED for _, name in split_weighted(spec))
 
 
 def test_default_text_encoder_beats_frozen_ones_on_held_out_products(by_product):
