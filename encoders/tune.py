@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import time
@@ -40,6 +41,18 @@ class TextTuneConfig:
     max_length: int = 64  # tokens; product titles are far shorter
     seed: int = 0
     threads: int = 0  # torch threads while tuning; 0 = every core (2 threads: ~3.2 s/step here)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError for a recipe that cannot train (checked on creation and again before tuning)."""
+        if self.steps < 1 or self.batch_groups < 2:
+            raise ValueError("text tuning needs steps >= 1 and batch_groups (products per step) >= 2")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"text tuning needs a finite learning rate > 0, got {self.lr}")
+        if self.threads < 0:
+            raise ValueError("text tuning threads must be >= 0 (0 = every core)")
 
     def digest(self) -> str:
         """Identifies the tuning recipe: cache paths and encoder versions include it (`threads` excluded)."""
@@ -66,8 +79,7 @@ def tune_text_encoder(base_dir: str | Path, groups: Sequence[Sequence[str]], out
     usable = [g for g in usable if len(g) >= 2]
     if len(usable) < 2:
         raise ValueError(f"text tuning needs at least 2 groups with 2 different texts, got {len(usable)}")
-    if config.steps < 1 or config.batch_groups < 2:
-        raise ValueError("text tuning needs steps >= 1 and batch_groups >= 2")
+    config.validate()  # a config changed after creation
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and read_tune_info(out_dir) is None)):
         raise ValueError(f"{out_dir} exists and is not an earlier tuned model: choose a new output directory")

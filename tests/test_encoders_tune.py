@@ -74,6 +74,9 @@ def test_tuning_refuses_bad_groups_and_foreign_output_dirs(tmp_path):
 
     with pytest.raises(ValueError, match="at least 2 groups"):
         tune_text_encoder(rebuilt_e5_dir(), [["same", "same"], ["alone"]], tmp_path / "x", progress=False)
+    for bad in ({"steps": 0}, {"batch_groups": 1}, {"lr": float("nan")}, {"lr": 0.0}, {"threads": -1}):
+        with pytest.raises(ValueError, match="text tuning"):
+            TextTuneConfig(**bad)
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-from dataclasses import replace
 
 from mmrec.errors import UserError
 
@@ -36,14 +34,9 @@ def _run(args: argparse.Namespace) -> int:
     from mmrec.text_encoders import tune_catalog_text_encoder
 
     overrides = {k: v for k, v in (("steps", args.steps), ("batch_groups", args.batch_products), ("lr", args.lr),
-                                   ("seed", args.seed)) if v is not None}
-    lr = overrides.get("lr", 1.0)
-    if overrides.get("steps", 1) < 1 or overrides.get("batch_groups", 2) < 2 or not (math.isfinite(lr) and lr > 0):
-        raise UserError("--steps must be >= 1, --batch-products >= 2 and --lr > 0")
-    if args.threads < 0:
-        raise UserError("--threads must be >= 0")
-    config = replace(TextTuneConfig(threads=args.threads), **overrides)
+                                   ("seed", args.seed), ("threads", args.threads)) if v is not None}
     try:
+        config = TextTuneConfig(**overrides)  # checks the recipe before the catalog is read
         path = tune_catalog_text_encoder(args.catalog, args.out, config, skip_held_out=args.hold_out)
     except (ValueError, RuntimeError, OSError) as exc:
         raise UserError(str(exc).splitlines()[0]) from None
