@@ -53,10 +53,10 @@ def main() -> int:
     from evaluation.protocol import evaluate
     from evaluation.report import build_report
     from evaluation.splits import cold_start_split
-    from mmrec.datasets import load
-    from mmrec.item_vectors import text_vectors
-    from mmrec.model import FusionConfig
-    from mmrec.train import FusionRecommender, TrainConfig
+    from mmrec.data.datasets import load
+    from mmrec.model.vectors import text_vectors
+    from mmrec.model.transformer import FusionConfig
+    from mmrec.model import FusionRecommender, TrainConfig
 
     ds = load("ml-1m")
     splits = {c: cold_start_split(ds.events, candidates=c) for c in ("all", "cold")}

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/emoji_market_sim.py [--minutes 5] [--vectors text:use-m3] [--threads 1] [--bf16 on|off]
 
-The events are a SIMULATION (mmrec.datasets.shoppers: seeded synthetic shoppers over the real
+The events are a SIMULATION (mmrec.data.datasets.shoppers: seeded synthetic shoppers over the real
 emoji-market catalog of 479 products x 14 languages/markets); every number here is a simulation figure.
 Protocol (`evaluation.cross_market_split`): a shopper's history is their events in their home market;
 the target is their last event on a listing of ANOTHER market; the model is told the storefront (the
@@ -33,7 +33,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=5.0, help="mmrec training budget")
     ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--vectors", default="text:use-m3", help="item content vectors (see mmrec.item_vectors)")
+    ap.add_argument("--vectors", default="text:use-m3", help="item content vectors (see mmrec.model.vectors)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bf16", choices=("on", "off"), default="on",
                     help="bfloat16 autocast for mmrec's training (the committed result used on; off is faster "
@@ -46,10 +46,10 @@ def main() -> int:
     from evaluation.report import build_report
     from evaluation.protocol import evaluate
     from evaluation.splits import cross_market_split
-    from mmrec.datasets import load
-    from mmrec.item_vectors import catalog_vectors
-    from mmrec.model import FusionConfig
-    from mmrec.train import FusionRecommender, TrainConfig
+    from mmrec.data.datasets import load
+    from mmrec.model.vectors import catalog_vectors
+    from mmrec.model.transformer import FusionConfig
+    from mmrec.model import FusionRecommender, TrainConfig
 
     ds = load("emoji-market")
     kwargs = {"fields": ("title",)} if args.vectors.startswith("text:") else {}
@@ -77,7 +77,7 @@ def main() -> int:
     }
     out: dict = {
         "benchmark": "emoji_market_sim",
-        "note": "SIMULATION: events from mmrec.datasets.shoppers (synthetic shoppers over the real catalog)",
+        "note": "SIMULATION: events from mmrec.data.datasets.shoppers (synthetic shoppers over the real catalog)",
         "protocol": "cross_market_split: history = home-market events, target = last event in another market, "
                     "storefront (target market) given as context, seen listings excluded",
         "item_vectors": vectors.spec,

@@ -77,7 +77,7 @@ def ranks(sim: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def load_catalog():
     from mmrec import datasets
-    from mmrec.adapters import catalog_products
+    from mmrec.embedding.image_adapter import catalog_products
 
     items = datasets.load("emoji-market").items
     products = catalog_products(items)
@@ -241,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from mmrec.text_encoders import held_out_from_tuning, load_text
-    from mmrec.adapters import default_adapter
+    from mmrec.embedding.text_model import held_out_from_tuning, load_text
+    from mmrec.embedding.image_adapter import default_adapter
     from mmrec.paths import cache_dir
 
     started = time.time()

@@ -2,7 +2,7 @@
 
 Cross-lingual: a product's title in language A is the query; the gallery is every product's title in
 language B (all 479); Recall@1/@10 of finding the same product. Queries are the products HELD OUT from text
-tuning (`mmrec.text_encoders.held_out_from_tuning`, ~1 in 5), for every encoder alike, so the tuned e5 is
+tuning (`mmrec.embedding.text_model.held_out_from_tuning`, ~1 in 5), for every encoder alike, so the tuned e5 is
 measured only on products it never saw; frozen encoders are also reported over all products for reference.
 Every encoder runs side by side in this one run; the tuned model is the cached default (tuned on first use).
 Throughput: items/s for the batch API (BatchEmbedder, no cache) vs the raw model call on the same inputs, at
@@ -91,7 +91,7 @@ def crosslingual(threads: int) -> tuple[dict, str]:
     import torch
 
     from encoders.text import ConcatEncoder, split_weighted
-    from mmrec.text_encoders import DEFAULT_TEXT, held_out_from_tuning, load_text
+    from mmrec.embedding.text_model import DEFAULT_TEXT, held_out_from_tuning, load_text
 
     torch.set_num_threads(threads)
     pids, titles = parallel_titles()

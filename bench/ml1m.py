@@ -71,8 +71,8 @@ def speed_settings(rec, split, seconds_each: float = 8.0) -> dict:
     where the CPU has AMX: on an AVX512-BF16-only Xeon it measured 1.35-1.6x slower than float32."""
     import torch
 
-    from mmrec.model import FusionTransformer
-    from mmrec.train import EventCodes, _gather, _loss, training_windows
+    from mmrec.model.transformer import FusionTransformer
+    from mmrec.model import EventCodes, gather, next_item_loss, training_windows
 
     cfg = rec.config
     from dataclasses import replace
@@ -92,11 +92,11 @@ def speed_settings(rec, split, seconds_each: float = 8.0) -> dict:
     speed = {s: [0.0, 0] for s in settings}
     while min(v[0] for v in speed.values()) < seconds_each:
         idx = rng.choice(len(starts), rec.train_config.batch_size, replace=False)
-        batch = _gather(codes, starts[idx], lengths[idx])
+        batch = gather(codes, starts[idx], lengths[idx])
         for n, bf16 in settings:
             torch.set_num_threads(n)
             t0 = time.perf_counter()
-            loss, count = _loss(model, items, batch, catalog, None, replace(rec.train_config, bf16=bf16), True, gen)
+            loss, count = next_item_loss(model, items, batch, catalog, None, replace(rec.train_config, bf16=bf16), True, gen)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -144,10 +144,10 @@ def main() -> int:
     from evaluation.protocol import evaluate
     from evaluation.report import build_report
     from evaluation.splits import leave_one_out
-    from mmrec.datasets import load
-    from mmrec.item_vectors import text_vectors
-    from mmrec.model import FusionConfig
-    from mmrec.train import FusionRecommender, TrainConfig
+    from mmrec.data.datasets import load
+    from mmrec.model.vectors import text_vectors
+    from mmrec.model.transformer import FusionConfig
+    from mmrec.model import FusionRecommender, TrainConfig
 
     load_start = os.getloadavg()
     ds = load("ml-1m")

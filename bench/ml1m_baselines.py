@@ -36,7 +36,8 @@ def thread_speed(split, seconds_each: float = 20.0) -> dict:
     machine's other load hits both alike."""
     import torch
 
-    from evaluation.baselines.sasrec import SASRec, SASRecConfig, SASRecNet, _pad, full_softmax_cross_entropy
+    from evaluation.baselines.sasrec import SASRec, SASRecConfig, SASRecNet, _pad
+    from evaluation.losses import full_softmax_cross_entropy
 
     cfg = SASRecConfig()
     helper = SASRec(cfg)
@@ -82,7 +83,7 @@ def main() -> int:
                     help="bce = the original one-negative objective (calibration run; default ce)")
     args = ap.parse_args()
 
-    from mmrec.datasets import load
+    from mmrec.data.datasets import load
     from evaluation import evaluate, leave_one_out
     from evaluation.baselines import ItemKNN, Popularity
     from evaluation.baselines.sasrec import SASRec, SASRecConfig

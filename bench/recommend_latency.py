@@ -111,10 +111,10 @@ def main() -> int:
 
     from evaluation.splits import leave_one_out
     from index import CollectionSchema, Point, open_store
-    from mmrec.datasets import load
-    from mmrec.item_vectors import service_vectors
-    from mmrec.model import FusionConfig
-    from mmrec.train import FusionRecommender, TrainConfig
+    from mmrec.data.datasets import load
+    from mmrec.model.vectors import service_vectors
+    from mmrec.model.transformer import FusionConfig
+    from mmrec.model import FusionRecommender, TrainConfig
 
     emoji, grocery = load("emoji-market"), load("complete-journey")
     items = hf.concatenate_datasets([emoji.items, grocery.items])

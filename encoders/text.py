@@ -8,7 +8,7 @@ Specs (see `load_text_encoder`):
   A+B, 0.3*A+0.7*B       weighted concatenation of normalised encoders (each weight scales its cosine share)
   open_clip:MODEL[:TAG]  the text tower of an open_clip model (pairs with the same open_clip image encoder)
   default                the best TRAINING-FREE combination on the cross-lingual benchmark (DEFAULT_TEXT_SPEC);
-                         mmrec's own default adds an e5 fine-tuned on a catalog (mmrec.text_encoders)
+                         mmrec's own default adds an e5 fine-tuned on a catalog (mmrec.embedding.text_model)
   anything else          a sentence-transformers model name or local directory (`st:` prefix optional)
 """
 from __future__ import annotations

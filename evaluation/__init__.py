@@ -34,6 +34,7 @@ from .splits import (
     Histories,
     Interactions,
     Split,
+    as_histories,
     cold_start_split,
     cross_market_split,
     leave_one_out,
@@ -43,7 +44,7 @@ from .splits import (
 __all__ = [
     "precision_at_k", "recall_at_k", "ndcg_at_k", "graded_ndcg_at_k", "mrr_at_k", "hit_rate_at_k", "map_at_k",
     "catalog_coverage", "intra_list_diversity", "novelty",
-    "Histories", "Interactions", "EvalSet", "Split",
+    "Histories", "Interactions", "EvalSet", "Split", "as_histories",
     "leave_one_out", "temporal_split", "cold_start_split", "cross_market_split",
     "Recommender", "Recommendations", "top_k", "evaluate", "evaluate_cases", "EvalResult",
     "bootstrap_ci", "paired_bootstrap", "paired_t_test", "compare",

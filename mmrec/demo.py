@@ -7,7 +7,7 @@
 
 Every step reuses what a previous run left: listings already in the store are not embedded again (and the
 encoders cache what they compute), a checkpoint trained on the same data and vector space is loaded instead
-of retrained. The events are a simulation (`mmrec.datasets.shoppers`), and every figure says so.
+of retrained. The events are a simulation (`mmrec.data.datasets.shoppers`), and every figure says so.
 """
 from __future__ import annotations
 
@@ -62,41 +62,6 @@ class _Steps:
         return time.perf_counter() - self.t0
 
 
-def index_catalog(catalog: Any, items: Any, *, batch_size: int = 128, progress: bool = True) -> int:
-    """Embed and upsert the listings not yet in the store; returns how many were embedded."""
-    from mmrec.catalog_store import ItemRecord
-
-    ids = list(items["item_id"])
-    present = {p.item_id for s in range(0, len(ids), 1024) for p in catalog.store.get(ids[s : s + 1024])}
-    todo = [r for r in items.to_list() if r["item_id"] not in present]
-    steps = range(0, len(todo), batch_size)
-    if progress and todo:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="embed + index listings", unit="batch")
-    for s in steps:
-        catalog.upsert_items([
-            ItemRecord(item_id=r["item_id"], title=r["title"], description=r.get("description"),
-                       language=r.get("language"), market=r.get("market"), category=r.get("category"),
-                       product_id=r.get("product_id"), price=r.get("price"), created_at=r.get("created_at"),
-                       image=r.get("image_path"))
-            for r in todo[s : s + batch_size]])
-    if todo:
-        catalog.store.build_index()
-    return len(todo)
-
-
-def stored_vectors(catalog: Any, item_ids: np.ndarray) -> np.ndarray:
-    """(n, C) the fused vectors the catalog's store holds for ``item_ids``, in that order: the model trains
-    on exactly what the service will retrieve with."""
-    ids = [str(x) for x in item_ids]
-    found = catalog.item_vectors(ids)
-    missing = [i for i in ids if i not in found]
-    if missing:
-        raise UserError(f"{len(missing)} listings have no fused vector in the store, e.g. {missing[:3]}")
-    return np.stack([np.asarray(found[i][0], dtype=np.float32) for i in ids])
-
-
 def _fingerprint(split: Any) -> str:
     import hashlib
 
@@ -113,11 +78,12 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
     from evaluation.report import build_report
     from evaluation.splits import cross_market_split
     from mmrec import datasets
-    from mmrec.catalog_store import CatalogConfig, CatalogStore
-    from mmrec.item_vectors import encoder_space_version
-    from mmrec.model import FusionConfig
-    from mmrec.recommender import load_ranker
-    from mmrec.train import FusionRecommender, TrainConfig
+    from mmrec.store.catalog_store import CatalogConfig, CatalogStore
+    from mmrec.model.vectors import encoder_space_version
+    from mmrec.model.transformer import FusionConfig
+    from mmrec.serving.two_stage import load_ranker
+    from mmrec.store.indexing import index_catalog, stored_vectors
+    from mmrec.model import FusionRecommender, TrainConfig
 
     torch.set_num_threads(config.threads)
     data_dir = Path(config.data_dir)
@@ -204,7 +170,7 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
         f"-d '{{\"history\": [\"emoji:1f347:de\"], \"market\": \"{config.target_market}\", \"k\": 5}}'")
     total = step.total()
     say(f"\ndemo finished in {total / 60:.1f} min (figures above are from the shopper SIMULATION)")
-    out = {"dataset": DATASET, "note": "SIMULATION: events from mmrec.datasets.shoppers",
+    out = {"dataset": DATASET, "note": "SIMULATION: events from mmrec.data.datasets.shoppers",
            "evaluation": {n: {m: {k: round(float(v), 5) for k, v in row[m].items()} for m in METRICS}
                           for n, row in table.items()},
            "n_test": len(split.test), "examples": examples, "seconds": round(total, 1),

@@ -18,7 +18,7 @@ def test_packages_import():
     import index  # noqa: F401
     import mmrec
 
-    assert mmrec.datasets.load and mmrec.load_catalog
+    assert mmrec.data.datasets.load and mmrec.load_catalog
 
 
 def test_help_lists_commands():

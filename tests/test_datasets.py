@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mmrec import datasets
-from mmrec.datasets import emoji_market, shoppers
+from mmrec.data.datasets import emoji_market, shoppers
 from mmrec.errors import UserError
 
 

@@ -34,7 +34,7 @@ def image_encoder():
 def catalog():
     """120 real emoji-market products (seeded choice): image path + titles in 4 languages."""
     from mmrec import datasets
-    from mmrec.adapters import catalog_products
+    from mmrec.embedding.image_adapter import catalog_products
 
     items = datasets.load("emoji-market").items.filter(lambda r: r["language"] in LANGS)
     products = catalog_products(items)

@@ -86,7 +86,7 @@ def test_tuning_refuses_bad_groups_and_foreign_output_dirs(tmp_path):
 
 
 def test_held_out_rule_and_title_groups(emoji_market):
-    from mmrec.text_encoders import held_out_from_tuning, title_groups
+    from mmrec.embedding.text_model import held_out_from_tuning, title_groups
 
     pids = set(emoji_market.items["product_id"])
     held = {p for p in pids if held_out_from_tuning(p)}
@@ -127,7 +127,7 @@ def test_cli_train_text_on_a_small_catalog(tmp_path, capsys):
 
 def _has_token(spec: str) -> bool:
     """True if the spec still names the tuned model instead of its directory."""
-    from mmrec.text_encoders import TUNED
+    from mmrec.embedding.text_model import TUNED
 
     return any(name == TUNED for _, name in split_weighted(spec))
 
@@ -135,7 +135,7 @@ def _has_token(spec: str) -> bool:
 def test_default_text_encoder_beats_frozen_ones_on_held_out_products(by_product):
     """The shipped default (tuned into the cache on first use, ~5 min) on products kept out of its tuning:
     query in one language, gallery = every product's title in another (4 languages, 12 ordered pairs)."""
-    from mmrec.text_encoders import DEFAULT_TEXT, held_out_from_tuning, load_text, resolve_text_spec
+    from mmrec.embedding.text_model import DEFAULT_TEXT, held_out_from_tuning, load_text, resolve_text_spec
 
     resolved = resolve_text_spec("default")
     assert "e5-small-tuned" in DEFAULT_TEXT and resolved != "default" and not _has_token(resolved)

@@ -14,7 +14,7 @@ from evaluation.splits import Histories, cold_start_split, cross_market_split, l
 
 @pytest.fixture(scope="module")
 def ml100k():
-    from mmrec.datasets import load
+    from mmrec.data.datasets import load
 
     return load("ml-100k")
 
@@ -128,7 +128,7 @@ def test_content_knn_max_aggregate_and_window(loo, genre_vectors):
 
 
 def test_popularity_per_market(ml100k):
-    from mmrec.datasets import load
+    from mmrec.data.datasets import load
 
     market = load("emoji-market")  # shopper SIMULATION
     split = cross_market_split(market.events, items=market.items)

@@ -13,12 +13,13 @@ from evaluation.protocol import evaluate
 from evaluation.splits import Histories, leave_one_out
 
 torch = pytest.importorskip("torch")
-from evaluation.baselines.sasrec import SASRec, SASRecConfig, full_softmax_cross_entropy  # noqa: E402
+from evaluation.baselines.sasrec import SASRec, SASRecConfig
+from evaluation.losses import full_softmax_cross_entropy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def events():
-    from mmrec.datasets import load
+    from mmrec.data.datasets import load
 
     return load("ml-100k").events
 

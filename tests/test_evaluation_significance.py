@@ -18,7 +18,7 @@ from evaluation.splits import leave_one_out
 
 @pytest.fixture(scope="module")
 def ml100k_results():
-    from mmrec.datasets import load
+    from mmrec.data.datasets import load
 
     ds = load("ml-100k")
     split = leave_one_out(ds.events, items=ds.items)
@@ -118,7 +118,7 @@ def test_report_files_and_numbers(ml100k_results, tmp_path):
 
 
 def test_report_refuses_results_from_different_cases(ml100k_results):
-    from mmrec.datasets import load
+    from mmrec.data.datasets import load
 
     split, pop, _, results = ml100k_results
     other = leave_one_out(load("ml-100k").events, max_users=100, seed=1)

@@ -17,7 +17,7 @@ from evaluation.splits import (
 
 @pytest.fixture(scope="module")
 def ml100k():
-    from mmrec.datasets import load
+    from mmrec.data.datasets import load
 
     return load("ml-100k")
 
@@ -29,7 +29,7 @@ def events_df(ml100k) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def market():
-    from mmrec.datasets import load
+    from mmrec.data.datasets import load
 
     return load("emoji-market")  # shopper SIMULATION over a real multilingual item set
 

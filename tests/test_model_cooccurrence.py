@@ -7,9 +7,9 @@ import numpy as np
 import torch
 
 from evaluation.splits import leave_one_out
-from mmrec.cooccurrence import cooccurrence_matrix, ppmi_embeddings
-from mmrec.model import FusionConfig
-from mmrec.train import FusionRecommender, TrainConfig
+from mmrec.model.cooccurrence import cooccurrence_matrix, ppmi_embeddings
+from mmrec.model.transformer import FusionConfig
+from mmrec.model import FusionRecommender, TrainConfig
 
 
 def test_pairs_stay_inside_a_history_and_the_window():

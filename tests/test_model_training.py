@@ -8,8 +8,8 @@ import torch
 
 from evaluation.protocol import evaluate
 from evaluation.splits import leave_one_out
-from mmrec.model import FusionConfig
-from mmrec.train import FusionRecommender, TrainConfig
+from mmrec.model.transformer import FusionConfig
+from mmrec.model import FusionRecommender, TrainConfig
 
 
 def _tiny(**kw) -> FusionConfig:
@@ -33,7 +33,7 @@ def test_beats_content_knn_and_popularity_on_the_shopper_simulation(emoji_market
     """On a slice of the emoji-market shopper SIMULATION (two markets), a short training run ranks the
     held-out next product better than content-kNN over the same vectors and than popularity."""
     from evaluation.baselines import ContentKNN, Popularity
-    from mmrec.item_vectors import text_vectors
+    from mmrec.model.vectors import text_vectors
 
     items = emoji_market.items.filter(lambda m: m in ("US", "DE"), input_columns="market")
     keep = set(items["item_id"])

@@ -1,7 +1,7 @@
 """The fusion transformer behind the real service: `mmrec serve --model` in a subprocess, talked to over HTTP.
 
 The workflow a user follows: serve a catalog, train a checkpoint on the vectors the service stores
-(`mmrec.item_vectors.service_vectors` with the data dir's encoder settings) and on the emoji-market
+(`mmrec.model.vectors.service_vectors` with the data dir's encoder settings) and on the emoji-market
 shopper SIMULATION's events, restart the service with `--model`. Then: a product upserted a second ago
 comes back from /recommend, an event posted to /events changes the next result, and a market filter
 restricts results to what that market sells. Text-only service (use-m3) to keep it fast.
@@ -28,9 +28,9 @@ def _products(items, split):
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, emoji_market):
     from evaluation.splits import leave_one_out
-    from mmrec.item_vectors import service_vectors
-    from mmrec.model import FusionConfig
-    from mmrec.train import FusionRecommender, TrainConfig
+    from mmrec.model.vectors import service_vectors
+    from mmrec.model.transformer import FusionConfig
+    from mmrec.model import FusionRecommender, TrainConfig
 
     root = tmp_path_factory.mktemp("fusion-svc")
     data = root / "data"
@@ -116,8 +116,8 @@ def test_a_history_in_one_market_is_served_in_another(served):
 def test_a_checkpoint_from_another_vector_space_is_refused(served, tmp_path):
     """Serving a checkpoint against vectors it was not trained on fails at startup, with the reason."""
 
-    from mmrec.model import FusionConfig, FusionTransformer
-    from mmrec.train import save_checkpoint
+    from mmrec.model.transformer import FusionConfig, FusionTransformer
+    from mmrec.model import save_checkpoint
 
     _, _, root = served
     other = save_checkpoint(tmp_path / "other.pt", FusionTransformer(FusionConfig(content_dim=512)), id_items=[],

@@ -27,9 +27,9 @@ def _products(items, split):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, emoji_market):
     from evaluation.splits import leave_one_out
-    from mmrec.item_vectors import text_vectors
-    from mmrec.model import FusionConfig
-    from mmrec.train import FusionRecommender, TrainConfig
+    from mmrec.model.vectors import text_vectors
+    from mmrec.model.transformer import FusionConfig
+    from mmrec.model import FusionRecommender, TrainConfig
 
     items = emoji_market.items.filter(lambda m: m in MARKETS, input_columns="market")
     keep = set(items["item_id"])
@@ -58,7 +58,7 @@ def world(tmp_path_factory, emoji_market):
 
 @pytest.fixture(scope="module")
 def ranker(world):
-    from mmrec.recommender import TwoStageRecommender
+    from mmrec.serving.two_stage import TwoStageRecommender
 
     return TwoStageRecommender.from_checkpoint(world["ckpt"], world["store"],
                                                expect_vectors_version=world["vectors"].version)
@@ -168,7 +168,7 @@ def test_deleted_and_unknown_history_items_drop_out(world, ranker):
 
 def test_checkpoint_refuses_other_item_vectors(world):
     from mmrec.errors import UserError
-    from mmrec.recommender import TwoStageRecommender
+    from mmrec.serving.two_stage import TwoStageRecommender
 
     with pytest.raises(UserError, match="item vectors version"):
         TwoStageRecommender.from_checkpoint(world["ckpt"], world["store"], expect_vectors_version="0123456789abcdef")
@@ -179,7 +179,7 @@ def test_cold_offset_lifts_new_products_and_only_them(world, ranker):
     the offset, known items keep their scores."""
     from encoders.text import load_text_encoder
 
-    from mmrec.recommender import ServingConfig, TwoStageRecommender
+    from mmrec.serving.two_stage import ServingConfig, TwoStageRecommender
 
     store = world["store"]
     vec = load_text_encoder("use-m3").encode(["Bio-Weintrauben, frisch und süß"])[0]

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from mmrec.event_log import EventLog
-from mmrec.schema import Event
+from mmrec.serving.event_log import EventLog
+from mmrec.data.schema import Event
 
 
 def test_events_are_replayed_in_time_order(tmp_path):

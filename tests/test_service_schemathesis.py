@@ -8,7 +8,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.checks import not_a_server_error
 
-from mmrec.service import openapi_spec
+from mmrec.serving.app import openapi_spec
 from test_service_http import Server, catalog_items
 
 EXAMPLES_PER_OPERATION = 25

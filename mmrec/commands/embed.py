@@ -50,7 +50,7 @@ def _load(catalog: str, mapping: dict[str, str] | None):
         if mapping:
             raise UserError("--map applies to catalog files, not built-in datasets")
         return datasets.load(catalog).items
-    from mmrec.io import load_catalog
+    from mmrec.data.io import load_catalog
 
     items, report = load_catalog(catalog, mapping)
     if report.rows_skipped or report.images_removed:
@@ -59,7 +59,7 @@ def _load(catalog: str, mapping: dict[str, str] | None):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mmrec.embed import embed
+    from mmrec.embedding.embed import embed
 
     if args.batch_size < 1 or args.threads < 1:
         raise UserError("--batch-size and --threads must be >= 1")

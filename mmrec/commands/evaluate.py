@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="rank every catalog item, not only items with events")
     p.add_argument("--item-vectors", default="text:use-m3",
                    help="contentknn vectors: an .npz with item_ids + vectors, or a spec for "
-                        "mmrec.item_vectors.catalog_vectors (default: text:use-m3)")
+                        "mmrec.model.vectors.catalog_vectors (default: text:use-m3)")
     p.add_argument("--sasrec-epochs", type=int, default=200, help="SASRec: max epochs (early stopping on valid)")
     p.add_argument("--sasrec-minutes", type=float, default=12.0, help="SASRec: training time budget")
     p.add_argument("--sasrec-max-len", type=int, default=200, help="SASRec: history length")
@@ -91,7 +91,7 @@ def _item_vectors(spec: str, ds: Any, item_ids: np.ndarray) -> np.ndarray:
         if missing:
             raise UserError(f"{len(missing)} items have no vector in {path}, e.g. {missing[:3]}")
         return np.asarray(data["vectors"], dtype=np.float32)[[where[str(x)] for x in item_ids]]
-    from mmrec.item_vectors import catalog_vectors
+    from mmrec.model.vectors import catalog_vectors
 
     return catalog_vectors(ds.items, spec).aligned(item_ids)
 

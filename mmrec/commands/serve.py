@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from index import SchemaError, StoreError
-    from mmrec.catalog_store import CatalogConfig
-    from mmrec.service import open_service
+    from mmrec.store.catalog_store import CatalogConfig
+    from mmrec.serving.app import open_service
 
     if args.store == "server" and not args.qdrant_url:
         raise UserError("--store server needs --qdrant-url http://host:6333")

@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _load_data(args: argparse.Namespace):
     from mmrec import datasets
-    from mmrec.io import load_catalog, load_events
+    from mmrec.data.io import load_catalog, load_events
 
     if bool(args.dataset) == bool(args.items):
         raise UserError("give exactly one of --dataset NAME or --items FILE")
@@ -93,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
 
     from evaluation.protocol import evaluate
     from evaluation.splits import leave_one_out
-    from mmrec.item_vectors import catalog_vectors
-    from mmrec.model import FusionConfig
-    from mmrec.train import FusionRecommender, TrainConfig
+    from mmrec.model.vectors import catalog_vectors
+    from mmrec.model.transformer import FusionConfig
+    from mmrec.model import FusionRecommender, TrainConfig
 
     items, events = _load_data(args)
     extra = {"fields": tuple(f for f in args.text_fields.split(",") if f)} if args.vectors.startswith("text") else {}

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from encoders.adapter import AdapterConfig
-    from mmrec.adapters import train_catalog_adapter
+    from mmrec.embedding.image_adapter import train_catalog_adapter
 
     config = AdapterConfig()
     overrides = {k: v for k, v in (("steps", args.steps), ("augment_views", args.views), ("seed", args.seed))

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from encoders.tune import TextTuneConfig, read_tune_info
-    from mmrec.text_encoders import tune_catalog_text_encoder
+    from mmrec.embedding.text_model import tune_catalog_text_encoder
 
     overrides = {k: v for k, v in (("steps", args.steps), ("batch_groups", args.batch_products), ("lr", args.lr),
                                    ("seed", args.seed), ("threads", args.threads)) if v is not None}

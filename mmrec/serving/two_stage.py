@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from index import Filter, Point, VectorStore
-from mmrec.catalog_store import Recommendation, merge_filter
-from mmrec.model import FusionTransformer, market_codes
-from mmrec.schema import Event
-from mmrec.train import EventCodes, _gather, load_checkpoint
+from mmrec.store.catalog_store import Recommendation, merge_filter
+from mmrec.model.transformer import FusionTransformer
+from mmrec.data.schema import Event
+from mmrec.model.checkpoint import load_checkpoint
+from mmrec.model.features import EventCodes, gather, market_codes
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class TwoStageRecommender:
             values=np.array([np.nan if e.value is None else e.value for e in events], dtype=np.float64),
             markets=np.array([e.market or points[e.item_id].payload.get("market") for e in events], dtype=object),
         )
-        batch = _gather(codes, np.array([0]), np.array([len(events)]))
+        batch = gather(codes, np.array([0]), np.array([len(events)]))
         hidden = self.model(table, batch["item"], batch["lengths"], batch["kind"], batch["gap"], batch["value"])
         ctx = context_market if context_market is not None else events[-1].market or points[events[-1].item_id].payload.get("market")
         ctx_code = torch.from_numpy(market_codes([ctx], cfg.markets, 1))
@@ -211,7 +212,7 @@ class TwoStageRecommender:
 def load_ranker(path: str | Path, catalog: Any, config: ServingConfig | None = None) -> TwoStageRecommender:
     """The fusion transformer behind the service: a checkpoint over a `CatalogStore`'s vector store,
     refused if it was trained on vectors from another encoder setup than the catalog's."""
-    from mmrec.item_vectors import encoder_space_version
+    from mmrec.model.vectors import encoder_space_version
 
     return TwoStageRecommender.from_checkpoint(path, catalog.store, config=config,
                                                expect_vectors_version=encoder_space_version(catalog.encoder))

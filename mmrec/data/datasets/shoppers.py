@@ -27,7 +27,7 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from mmrec.schema import EVENT_FEATURES
+from mmrec.data.schema import EVENT_FEATURES
 
 
 @dataclass

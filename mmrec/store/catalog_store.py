@@ -35,7 +35,7 @@ DISPLAY_FIELDS = ("title", "description", "has_image")
 class CatalogConfig:
     """What turns items into vectors and where they are kept.
 
-    text_encoder / image_encoder: specs for `mmrec.text_encoders.load_text` and
+    text_encoder / image_encoder: specs for `mmrec.embedding.text_model.load_text` and
       `encoders.image.load_image_encoder` (image_encoder None: text only).
     adapter: "default" (the adapter trained on emoji-market for these encoders, trained into the cache on
       first use), a trained image->text adapter file (`mmrec train-adapter` on your catalog), or None: images
@@ -123,7 +123,7 @@ class Recommendation:
 def load_encoder(config: CatalogConfig) -> "MultimodalEncoder":
     """The MultimodalEncoder named by the config (model weights come from installed packages only)."""
     from encoders.fusion import FusionConfig, MultimodalEncoder
-    from mmrec.text_encoders import load_text
+    from mmrec.embedding.text_model import load_text
 
     text = load_text(config.text_encoder)
     image = adapter = None
@@ -132,7 +132,7 @@ def load_encoder(config: CatalogConfig) -> "MultimodalEncoder":
 
         image = load_image_encoder(config.image_encoder, threads=1)
         if config.adapter == "default":  # trained on emoji-market into the cache on first use (~1-2 min)
-            from mmrec.adapters import default_adapter
+            from mmrec.embedding.image_adapter import default_adapter
 
             adapter = default_adapter(text, image)
         elif config.adapter:

@@ -19,9 +19,10 @@ from typing import Any, Iterable
 from encoders.adapter import AdapterConfig, CatalogProduct, ImageTextAdapter, fit_catalog_adapter
 from encoders.fusion import FusionConfig, MultimodalEncoder
 from encoders.image import DEFAULT_IMAGE_ENCODER, load_image_encoder
+from mmrec.data.catalog import group_products, load_catalog_items
 from mmrec.errors import UserError
 from mmrec.paths import cache_dir
-from mmrec.text_encoders import load_text
+from mmrec.embedding.text_model import load_text
 
 log = logging.getLogger(__name__)
 
@@ -44,39 +45,6 @@ def _slug(text: str) -> str:
 def catalog_products(items: Iterable[dict]) -> list[CatalogProduct]:
     """Products with an image and a title (see `group_products`): what an image->text adapter trains on."""
     return [p for p in group_products(items) if p.image is not None and p.titles]
-
-
-def group_products(items: Iterable[dict]) -> list[CatalogProduct]:
-    """Group catalog rows into products: rows sharing `product_id` (else `item_id`) are one product; its first
-    image (None if it has none) and all its distinct non-blank titles (every language) are kept."""
-    groups: dict[str, CatalogProduct] = {}
-    for row in items:
-        key = row.get("product_id") or row.get("item_id")
-        if not key:
-            continue
-        prod = groups.get(key)
-        if prod is None:
-            prod = groups[key] = CatalogProduct(str(key), None, [])
-        if prod.image is None and row.get("image_path"):
-            prod.image = row["image_path"]
-        title = row.get("title")
-        if isinstance(title, str) and title.strip() and title not in prod.titles:
-            prod.titles.append(title)
-    return list(groups.values())
-
-
-def load_catalog_items(catalog: str):
-    """A built-in dataset name or a catalog file (JSONL / Parquet / CSV) -> items Dataset."""
-    from mmrec import datasets
-
-    if catalog in datasets.names():
-        return datasets.load(catalog).items
-    if not Path(catalog).exists():
-        raise UserError(f"{catalog!r} is neither a built-in dataset ({', '.join(datasets.names())}) nor a file")
-    from mmrec.io import load_catalog
-
-    items, _ = load_catalog(catalog)
-    return items
 
 
 def train_catalog_adapter(catalog: str = DEFAULT_CATALOG, *, text_encoder: Any = "default",

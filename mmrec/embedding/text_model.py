@@ -47,7 +47,7 @@ def held_out_from_tuning(product_id: str) -> bool:
 
 def title_groups(items: Iterable[dict], *, skip_held_out: bool = True) -> list[list[str]]:
     """A catalog's titles grouped by product (`product_id`, else `item_id`): the positives of text tuning."""
-    from mmrec.adapters import group_products
+    from mmrec.data.catalog import group_products
 
     groups = [list(dict.fromkeys(t.strip() for t in p.titles)) for p in group_products(items)
               if not (skip_held_out and held_out_from_tuning(p.key))]
@@ -62,7 +62,7 @@ def tune_catalog_text_encoder(catalog: str, out: str | Path, config: TextTuneCon
     benchmark can measure it on unseen products).
     """
     from encoders.e5 import REBUILD_VERSION, rebuilt_e5_dir
-    from mmrec.adapters import load_catalog_items
+    from mmrec.data.catalog import load_catalog_items
 
     groups = title_groups(load_catalog_items(catalog), skip_held_out=skip_held_out)
     if len(groups) < 2:
@@ -81,7 +81,7 @@ def tuned_e5_dir(*, retrain: bool = False, progress: bool = True) -> Path:
     """The default tuned e5 directory in the cache, tuned on emoji-market on first use (named by the catalog's
     builder version and the recipe, so a rebuilt catalog or a new recipe tunes a new model)."""
     from encoders.e5 import REBUILD_VERSION
-    from mmrec import datasets
+    from mmrec.data import datasets
 
     config = TextTuneConfig()
     version = datasets.REGISTRY[TUNE_CATALOG].version

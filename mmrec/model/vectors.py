@@ -51,6 +51,13 @@ class ItemVectors:
         return self.vectors[[where[str(x)] for x in item_ids]]
 
 
+def vectors_version(item_vectors: np.ndarray, spec: str = "") -> str:
+    """A short hash of a content-vector matrix (and the encoder spec that made it)."""
+    h = hashlib.sha256(spec.encode())
+    h.update(np.ascontiguousarray(item_vectors, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
 def item_text(row: dict[str, Any], fields: Sequence[str] = DEFAULT_FIELDS) -> str:
     """The text that stands for an item, from the chosen ``fields`` (title, alt_title, year, description,
     category). ML-1M with the defaults: "Heat (1995). Action, Crime, Thriller".
@@ -97,7 +104,7 @@ def text_vectors(
     ``items``: a `datasets.Dataset`, DataFrame or list of item dicts (needs item_id and title).
     """
     from encoders.text import encoder_version
-    from mmrec.text_encoders import load_text
+    from mmrec.embedding.text_model import load_text
 
     rows = _rows(items)
     if not rows:
@@ -160,7 +167,7 @@ def service_vectors(items: Any, data_dir: str | None = None, *, batch_size: int 
     from dataclasses import fields as dc_fields
     from pathlib import Path
 
-    from mmrec.catalog_store import CatalogConfig, load_encoder
+    from mmrec.store.catalog_store import CatalogConfig, load_encoder
 
     config = CatalogConfig()
     if data_dir:

@@ -21,7 +21,7 @@ def _as_dataset(catalog: Any) -> datasets.Dataset:
     if isinstance(catalog, datasets.Dataset):
         return catalog
     if isinstance(catalog, (str, Path)):
-        from mmrec.adapters import load_catalog_items
+        from mmrec.embedding.image_adapter import load_catalog_items
 
         return load_catalog_items(str(catalog))
     if isinstance(catalog, Iterable):
@@ -43,13 +43,13 @@ def build_encoder(text_encoder: Any = "default", image_encoder: Any = "default",
                   fusion: Any = None, *, progress: bool = True) -> Any:
     """The encoder `embed` uses: text only when image_encoder is None, else a MultimodalEncoder."""
     from encoders.text import TextEncoderError
-    from mmrec.text_encoders import load_text
+    from mmrec.embedding.text_model import load_text
 
     try:
         if image_encoder is None:
             return load_text(text_encoder)
         from encoders.image import DEFAULT_IMAGE_ENCODER, ModelUnavailableError
-        from mmrec.adapters import load_multimodal_encoder
+        from mmrec.embedding.image_adapter import load_multimodal_encoder
 
         image = DEFAULT_IMAGE_ENCODER if image_encoder == "default" else image_encoder
         try:
@@ -67,7 +67,7 @@ def embed(catalog: Any, *, text_encoder: Any = "default", image_encoder: Any = "
     item has no usable image) and `fused_vector` columns (all in the text space; see encoders/fusion.py).
 
     catalog: a Dataset, a built-in dataset name, a JSONL/Parquet/CSV file, or an iterable of Items/dicts.
-    text_encoder / image_encoder: specs (see mmrec.text_encoders.load_text / encoders.load_image_encoder) or encoder
+    text_encoder / image_encoder: specs (see mmrec.embedding.text_model.load_text / encoders.load_image_encoder) or encoder
       objects; image_encoder=None embeds text only (fused = text).
     adapter: "default" (trained on emoji-market into the cache on first use), a saved adapter path, or None
       (the training-free class-name bridge only).

@@ -27,15 +27,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrec.schema import EVENT_KINDS
-
-PAD_GAP, FIRST_GAP, ZERO_GAP = 0, 1, 2  # gap buckets below the log-scale ones
-
+from mmrec.data.schema import EVENT_KINDS
 
 @dataclass
 class FusionConfig:
@@ -69,47 +65,6 @@ class FusionConfig:
         data = dict(data)
         data["markets"] = tuple(data.get("markets", ()))
         return cls(**data)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Event features -> small integer codes (numpy, shared by training and serving)
-# --------------------------------------------------------------------------------------------------------
-
-
-def gap_buckets(gaps: np.ndarray, first: np.ndarray, n_buckets: int) -> np.ndarray:
-    """Seconds since the previous event -> bucket: FIRST_GAP where ``first``, ZERO_GAP for 0 s, then
-    3 + floor(log2(gap)) (1 s .. ~years), capped at n_buckets - 1. Negative gaps count as 0 s."""
-    gaps = np.maximum(np.asarray(gaps, dtype=np.float64), 0.0)
-    out = np.where(gaps < 1, ZERO_GAP, 3 + np.floor(np.log2(np.maximum(gaps, 1.0)))).astype(np.int64)
-    out = np.minimum(out, n_buckets - 1)
-    out[np.asarray(first, dtype=bool)] = FIRST_GAP
-    return out
-
-
-def kind_codes(kinds: np.ndarray | None, n: int) -> np.ndarray:
-    """Event kind -> 1 + index in EVENT_KINDS (0 = unknown)."""
-    if kinds is None:
-        return np.zeros(n, dtype=np.int64)
-    lookup = {k: i + 1 for i, k in enumerate(EVENT_KINDS)}
-    return np.fromiter((lookup.get(k, 0) for k in kinds), dtype=np.int64, count=n)
-
-
-def value_codes(values: np.ndarray | None, n: int, n_buckets: int) -> np.ndarray:
-    """Event value (rating 1-5, quantity) -> 1 + round(value) clipped to the table (0 = unknown)."""
-    if values is None:
-        return np.zeros(n, dtype=np.int64)
-    v = np.asarray(values, dtype=np.float64)
-    out = 1 + np.clip(np.rint(np.nan_to_num(v, nan=0.0)), 0, n_buckets - 2).astype(np.int64)
-    out[np.isnan(v)] = 0
-    return out
-
-
-def market_codes(markets: np.ndarray | list | None, vocabulary: tuple[str, ...], n: int) -> np.ndarray:
-    """Market/language string -> 1 + index in the config's vocabulary (0 = unknown or None)."""
-    if markets is None:
-        return np.zeros(n, dtype=np.int64)
-    lookup = {m: i + 1 for i, m in enumerate(vocabulary)}
-    return np.fromiter((lookup.get(m, 0) if isinstance(m, str) else 0 for m in markets), dtype=np.int64, count=n)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -278,12 +233,3 @@ class FusionTransformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-__all__ = [
-    "FusionConfig",
-    "FusionTransformer",
-    "PoolDropout",
-    "gap_buckets",
-    "kind_codes",
-    "value_codes",
-    "market_codes",
-]

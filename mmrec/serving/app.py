@@ -24,9 +24,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from encoders.base import ImageDecodeError
 from index import DimensionError, Filter, PayloadError, StoreError, UnknownItemError
-from mmrec.catalog_store import CatalogStore, ItemRecord, Recommendation
-from mmrec.event_log import EventLog
-from mmrec.schema import EVENT_KINDS, Event
+from mmrec.store.catalog_store import CatalogStore, ItemRecord, Recommendation
+from mmrec.serving.event_log import EventLog
+from mmrec.data.schema import EVENT_KINDS, Event
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def _check_image(label: str, image: bytes | str) -> None:
 
 def create_app(catalog: CatalogStore, events: EventLog, ranker: Any | None = None) -> FastAPI:
     """The app over an opened catalog and event log; both are closed when the app shuts down. With a
-    ``ranker`` (`mmrec.recommender.TwoStageRecommender`: the fusion transformer over the same store),
+    ``ranker`` (`mmrec.serving.two_stage.TwoStageRecommender`: the fusion transformer over the same store),
     POST /recommend retrieves and ranks with it; without one, recommendations are content-based."""
 
     @asynccontextmanager
@@ -437,7 +437,7 @@ def open_service(data_dir: str | FsPath, config: Any, model: str | FsPath | None
         events = EventLog(data_dir / "events.jsonl")
         ranker = None
         if model is not None:
-            from mmrec.recommender import load_ranker
+            from mmrec.serving.two_stage import load_ranker
 
             ranker = load_ranker(model, catalog)
     except Exception:

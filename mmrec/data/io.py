@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from mmrec.errors import UserError
-from mmrec.schema import EVENT_FEATURES, EVENT_KINDS, ITEM_FEATURES
+from mmrec.data.schema import EVENT_FEATURES, EVENT_KINDS, ITEM_FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def _check_on_error(on_error: str) -> None:
 def load_catalog(path: str | Path, mapping: Mapping[str, str] | None = None, *, on_error: str = "skip",
                  image_root: str | Path | None = None, check_images: bool = True
                  ) -> tuple[datasets.Dataset, LoadReport]:
-    """Load a catalog file into an items Dataset (schema `mmrec.schema.ITEM_FEATURES`).
+    """Load a catalog file into an items Dataset (schema `mmrec.data.schema.ITEM_FEATURES`).
 
     `mapping` maps our field names to the file's columns, e.g. {"item_id": "sku", "title": "name"}.
     Columns that are not fields become free `attributes`. Relative image paths resolve against
@@ -264,7 +264,7 @@ def _item_ids(items: datasets.Dataset | Iterable[str] | None) -> set[str] | None
 def load_events(path: str | Path, mapping: Mapping[str, str] | None = None, *,
                 items: datasets.Dataset | Iterable[str] | None = None, default_kind: str = "view",
                 on_error: str = "skip") -> tuple[datasets.Dataset, LoadReport]:
-    """Load an event log into an events Dataset (schema `mmrec.schema.EVENT_FEATURES`), sorted by time.
+    """Load an event log into an events Dataset (schema `mmrec.data.schema.EVENT_FEATURES`), sorted by time.
 
     Rows without a user or item id, with an unparseable timestamp, an unknown kind, or (when `items`
     is given) an item not in the catalog are skipped and reported. Timestamps may be unix seconds,

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mmrec.errors import UserError
-from mmrec.schema import ITEM_FEATURES
+from mmrec.data.schema import ITEM_FEATURES
 
 log = logging.getLogger(__name__)
 

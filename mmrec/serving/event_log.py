@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
-from mmrec.schema import Event
+from mmrec.data.schema import Event
 
 log = logging.getLogger(__name__)
 

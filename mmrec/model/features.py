@@ -1,0 +1,181 @@
+"""A shopper's events as the small integer codes the fusion transformer reads (numpy; shared by training
+and serving), and the item side the model ranks over.
+
+Per event: the item's row in the item table, the gap since the previous event (log-scale bucket), the event
+kind, its value (rating / quantity bucket) and the market it happened in. Histories are held CSR-style
+(``indptr``), many rows at once; `gather` cuts right-padded (B, W) batches out of them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from evaluation import Histories, Interactions
+from mmrec.data.schema import EVENT_KINDS
+from mmrec.model.transformer import FusionConfig
+
+PAD_GAP, FIRST_GAP, ZERO_GAP = 0, 1, 2  # gap buckets below the log-scale ones
+
+
+def gap_buckets(gaps: np.ndarray, first: np.ndarray, n_buckets: int) -> np.ndarray:
+    """Seconds since the previous event -> bucket: FIRST_GAP where ``first``, ZERO_GAP for 0 s, then
+    3 + floor(log2(gap)) (1 s .. ~years), capped at n_buckets - 1. Negative gaps count as 0 s."""
+    gaps = np.maximum(np.asarray(gaps, dtype=np.float64), 0.0)
+    out = np.where(gaps < 1, ZERO_GAP, 3 + np.floor(np.log2(np.maximum(gaps, 1.0)))).astype(np.int64)
+    out = np.minimum(out, n_buckets - 1)
+    out[np.asarray(first, dtype=bool)] = FIRST_GAP
+    return out
+
+
+def kind_codes(kinds: np.ndarray | None, n: int) -> np.ndarray:
+    """Event kind -> 1 + index in EVENT_KINDS (0 = unknown)."""
+    if kinds is None:
+        return np.zeros(n, dtype=np.int64)
+    lookup = {k: i + 1 for i, k in enumerate(EVENT_KINDS)}
+    return np.fromiter((lookup.get(k, 0) for k in kinds), dtype=np.int64, count=n)
+
+
+def value_codes(values: np.ndarray | None, n: int, n_buckets: int) -> np.ndarray:
+    """Event value (rating 1-5, quantity) -> 1 + round(value) clipped to the table (0 = unknown)."""
+    if values is None:
+        return np.zeros(n, dtype=np.int64)
+    v = np.asarray(values, dtype=np.float64)
+    out = 1 + np.clip(np.rint(np.nan_to_num(v, nan=0.0)), 0, n_buckets - 2).astype(np.int64)
+    out[np.isnan(v)] = 0
+    return out
+
+
+def market_codes(markets: np.ndarray | list | None, vocabulary: tuple[str, ...], n: int) -> np.ndarray:
+    """Market/language string -> 1 + index in the config's vocabulary (0 = unknown or None)."""
+    if markets is None:
+        return np.zeros(n, dtype=np.int64)
+    lookup = {m: i + 1 for i, m in enumerate(vocabulary)}
+    return np.fromiter((lookup.get(m, 0) if isinstance(m, str) else 0 for m in markets), dtype=np.int64, count=n)
+
+
+@dataclass
+class EventCodes:
+    """Time-ordered events of many rows (users or ad-hoc histories), coded for the model. CSR by row.
+
+    item: (n,) model item index (row of the content matrix); gap/kind/value: (n,) feature codes;
+    market: (n,) market code of each event (the storefront it happened in; predicting event t uses
+    event t's market as the context); indptr: (rows + 1,).
+    """
+
+    item: np.ndarray
+    gap: np.ndarray
+    kind: np.ndarray
+    value: np.ndarray
+    market: np.ndarray
+    indptr: np.ndarray
+    repeat: np.ndarray | None = None  # (n,) bool: the row already had this item earlier
+    tie: np.ndarray | None = None  # (n,) id of the run of same-second events each event belongs to
+
+    @classmethod
+    def build(
+        cls,
+        item: np.ndarray,
+        indptr: np.ndarray,
+        cfg: FusionConfig,
+        *,
+        timestamps: np.ndarray | None = None,
+        kinds: np.ndarray | None = None,
+        values: np.ndarray | None = None,
+        markets: np.ndarray | None = None,
+    ) -> "EventCodes":
+        n = len(item)
+        row = Histories(indptr=indptr, items=item).row_of_event()
+        first = np.ones(n, dtype=bool)
+        first[1:] = row[1:] != row[:-1]
+        tie = None
+        if timestamps is None:
+            gap = np.where(first, 1, 0)  # unknown gaps: only "first event" is known
+        else:
+            ts = np.asarray(timestamps, dtype=np.int64)
+            gaps = np.zeros(n)
+            gaps[1:] = ts[1:] - ts[:-1]
+            gap = gap_buckets(gaps, first, cfg.n_gap_buckets)
+            starts_run = first.copy()
+            starts_run[1:] |= ts[1:] != ts[:-1]
+            tie = np.cumsum(starts_run) - 1
+        item = np.asarray(item, dtype=np.int64)
+        order = np.lexsort((np.arange(n), item, row))  # by row, item, then time
+        repeat = np.zeros(n, dtype=bool)
+        same = (row[order][1:] == row[order][:-1]) & (item[order][1:] == item[order][:-1])
+        repeat[order[1:]] = same
+        return cls(
+            item=item,
+            repeat=repeat,
+            tie=tie,
+            gap=gap.astype(np.int64),
+            kind=kind_codes(kinds, n),
+            value=value_codes(values, n, cfg.n_value_buckets),
+            market=market_codes(markets, cfg.markets, n),
+            indptr=np.asarray(indptr, dtype=np.int64),
+        )
+
+    def shuffle_ties(self, rng: np.random.Generator) -> "EventCodes":
+        """A copy with the events of every same-second run in a random order (gaps stay by position:
+        the run's first event keeps the gap from the previous run, the others 0 s). Ratings entered in
+        the same second have no real order, so training should not learn the one the log happens to hold."""
+        if self.tie is None:
+            return self
+        perm = np.lexsort((rng.random(len(self.item)), self.tie))
+        return replace(self, item=self.item[perm], kind=self.kind[perm], value=self.value[perm],
+                       market=self.market[perm], repeat=None if self.repeat is None else self.repeat[perm])
+
+    @classmethod
+    def from_histories(cls, h: Histories, cfg: FusionConfig, values: np.ndarray | None = None) -> "EventCodes":
+        return cls.build(h.items, h.indptr, cfg, timestamps=h.timestamps, kinds=h.kinds,
+                         values=values if values is not None else getattr(h, "values", None), markets=h.markets)
+
+    @classmethod
+    def from_interactions(cls, t: Interactions, cfg: FusionConfig) -> "EventCodes":
+        return cls.build(t.item, t.indptr, cfg, timestamps=t.timestamp, kinds=t.kind, values=t.value,
+                         markets=t.market)
+
+
+def gather(codes: EventCodes, starts: np.ndarray, lengths: np.ndarray) -> dict[str, torch.Tensor]:
+    """Right-padded (B, W) tensors of the events [start, start + length) of each row."""
+    width = max(1, int(lengths.max()))
+    ar = np.arange(width)
+    real = ar[None, :] < lengths[:, None]
+    pos = np.where(real, starts[:, None] + ar[None, :], starts[:, None])  # padding repeats a real event
+    out = {name: torch.from_numpy(getattr(codes, name)[pos]) for name in ("item", "gap", "kind", "value", "market")}
+    if codes.repeat is not None:
+        out["repeat"] = torch.from_numpy(codes.repeat[pos])
+    out["lengths"] = torch.from_numpy(lengths.astype(np.int64))
+    out["real"] = torch.from_numpy(real)
+    return out
+
+
+def training_windows(codes: EventCodes, max_len: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths) of training windows of up to max_len + 1 events (inputs = all but the last,
+    targets = all but the first). ``mode="all"`` cuts long histories into consecutive windows from the
+    end so every event is a target once per epoch; ``"last"`` keeps only the most recent window."""
+    if mode not in ("all", "last"):
+        raise ValueError(f"windows must be 'all' or 'last', got {mode!r}")
+    starts, lengths = [], []
+    for s, e in zip(codes.indptr[:-1], codes.indptr[1:]):
+        end = int(e)
+        while end - s >= 2:
+            begin = max(int(s), end - (max_len + 1))
+            starts.append(begin)
+            lengths.append(end - begin)
+            if mode == "last":
+                break
+            end = begin + 1  # the next window's last input is this window's first
+    return np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
+
+
+
+@dataclass
+class ItemSide:
+    """What the model knows about the items it can rank: content (N, C), ID codes (N,), markets (N,)."""
+
+    content: torch.Tensor
+    ids: torch.Tensor
+    market: torch.Tensor
+

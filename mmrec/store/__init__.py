@@ -1,0 +1,1 @@
+"""The catalog store: items -> vectors (through the one `ItemEncoder`) -> Qdrant, and the queries served from it."""
