@@ -54,6 +54,7 @@ def main() -> int:
     from evaluation.report import build_report
     from evaluation.splits import cold_start_split
     from mmrec.data.datasets import load
+    from mmrec.embedding.recipe import FIELDS, ItemRecipe
     from mmrec.model.vectors import text_vectors
     from mmrec.model.transformer import FusionConfig
     from mmrec.model import FusionRecommender, TrainConfig
@@ -64,7 +65,7 @@ def main() -> int:
     first_seen = pd.Series(np.asarray(ds.events["timestamp"])).groupby(np.asarray(ds.events["item_id"])).min()
     t_valid = int(np.quantile(first_seen.to_numpy(), args.valid_quantile))
     replica = cold_start_split(ds.events, valid_t=t_valid)  # train < t_v, validation targets in [t_v, t)
-    vectors = text_vectors(ds.items, "use-m3")
+    vectors = text_vectors(ds.items, "use-m3", recipe=ItemRecipe(FIELDS))  # genres mean something here
     aligned = vectors.aligned(split.item_ids)
     print(f"ML-1M cold-start items: {split.params['n_cold_items']} cold movies, {len(split.train)} training "
           f"ratings before t, {len(split.test)} test cases; validation replica: {len(replica.train)} ratings "

@@ -47,13 +47,13 @@ def main() -> int:
     from evaluation.protocol import evaluate
     from evaluation.splits import cross_market_split
     from mmrec.data.datasets import load
+    from mmrec.embedding.recipe import ItemRecipe
     from mmrec.model.vectors import catalog_vectors
     from mmrec.model.transformer import FusionConfig
     from mmrec.model import FusionRecommender, TrainConfig
 
     ds = load("emoji-market")
-    kwargs = {"fields": ("title",)} if args.vectors.startswith("text:") else {}
-    vectors = catalog_vectors(ds.items, args.vectors, **kwargs)
+    vectors = catalog_vectors(ds.items, args.vectors, recipe=ItemRecipe(("title",)))
     splits = {c: cross_market_split(ds.events, items=ds.items, candidates=c) for c in ("target_market", "all")}
     split = splits["target_market"]
     aligned = vectors.aligned(split.item_ids)

@@ -8,7 +8,7 @@ emoji-market (479 product-like emoji, titles in 14 languages, Noto Color Emoji r
   * (a) new product TYPES: k-fold over Unicode subgroups, so whole types are unseen in training.
   * (b) held-out products searched among ALL 479 images, where the trained ones compete with them.
 Methods side by side: random (analytic k/n), the training-free ImageNet class-name bridge (the baseline),
-the adapter's network alone, its memory alone, and the default mix (FusionConfig weights).
+the adapter's network alone, its memory alone, and the default mix (ModalityMix weights).
 Text side: mmrec's default text encoder unless --text-encoder says otherwise. Its e5 part is tuned on the
 TITLES (never the images) of the ~80% of products outside `held_out_from_tuning`; the adapter's folds here
 are drawn independently of that split.
@@ -36,7 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from encoders.adapter import AdapterConfig, catalog_image_features, train_adapter  # noqa: E402
 from encoders.bridge import ClassNameBridge  # noqa: E402
-from encoders.fusion import FusionConfig  # noqa: E402
+from encoders.multimodal import ModalityMix  # noqa: E402
 from encoders.image import load_image_encoder  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "encoders.json"
@@ -139,7 +139,7 @@ def average(per_fold: list[dict]) -> dict:
 # ------------------------------------------------------------------------------------------ methods
 
 
-def method_vectors(adapter, feats, descs, bridge_vecs, fusion: FusionConfig) -> dict[str, np.ndarray]:
+def method_vectors(adapter, feats, descs, bridge_vecs, fusion: ModalityMix) -> dict[str, np.ndarray]:
     net = adapter.transform(feats)
     mem = adapter.recall(descs)
     mix = norm(fusion.network_weight * net + fusion.memory_weight * mem + fusion.bridge_weight * bridge_vecs)
@@ -199,7 +199,7 @@ def fashion_mnist(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images[pick], labels[pick]
 
 
-def zeroshot(text_encoder, image_encoder, adapter, fusion: FusionConfig, bridge: ClassNameBridge, n: int, seed: int
+def zeroshot(text_encoder, image_encoder, adapter, fusion: ModalityMix, bridge: ClassNameBridge, n: int, seed: int
              ) -> dict:
     from PIL import Image
 
@@ -241,14 +241,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from mmrec.embedding.text_model import held_out_from_tuning, load_text
+    from mmrec.embedding.text_model import held_out_from_tuning, load_text_encoder
     from mmrec.embedding.image_adapter import default_adapter
     from mmrec.paths import cache_dir
 
     started = time.time()
-    text_encoder = load_text(args.text_encoder)
+    text_encoder = load_text_encoder(args.text_encoder)
     image_encoder = load_image_encoder(args.image_encoder)
-    config, fusion = AdapterConfig(seed=args.seed), FusionConfig()
+    config, fusion = AdapterConfig(seed=args.seed), ModalityMix()
     if args.steps is not None:
         config = replace(config, steps=args.steps)
     products, titles, category = load_catalog()

@@ -91,13 +91,13 @@ def crosslingual(threads: int) -> tuple[dict, str]:
     import torch
 
     from encoders.text import ConcatEncoder, split_weighted
-    from mmrec.embedding.text_model import DEFAULT_TEXT, held_out_from_tuning, load_text
+    from mmrec.embedding.text_model import DEFAULT_TEXT, held_out_from_tuning, load_text_encoder
 
     torch.set_num_threads(threads)
     pids, titles = parallel_titles()
     held = np.array([i for i, p in enumerate(pids) if held_out_from_tuning(p)])
     flat = [t for row in titles for t in row]
-    singles = {s: Memo(load_text(s)) for s in (*FROZEN, TUNED)}  # tunes the default e5 on first use
+    singles = {s: Memo(load_text_encoder(s)) for s in (*FROZEN, TUNED)}  # tunes the default e5 on first use
     specs = list(dict.fromkeys([*FROZEN, TUNED, *COMBOS, DEFAULT_TEXT]))
     results = {}
     for spec in specs:
@@ -141,7 +141,7 @@ def throughput(n: int, batch: int) -> dict:
 
     _, titles = parallel_titles()
     texts = [t for row in titles for t in row][: n * 7 : 7]  # mixed languages
-    rows = [{"title": t} for t in texts]
+    rows = [(t, None) for t in texts]  # (text, image) inputs
     out: dict = {"items": len(texts), "batch_size": batch, "unit": "items/s"}
     e5, e5q, use = load_text_encoder("e5-small"), load_text_encoder("e5-small:int8"), load_text_encoder("use-m3")
 

@@ -145,6 +145,7 @@ def main() -> int:
     from evaluation.report import build_report
     from evaluation.splits import leave_one_out
     from mmrec.data.datasets import load
+    from mmrec.embedding.recipe import FIELDS, ItemRecipe
     from mmrec.model.vectors import text_vectors
     from mmrec.model.transformer import FusionConfig
     from mmrec.model import FusionRecommender, TrainConfig
@@ -155,7 +156,7 @@ def main() -> int:
     print(f"ML-1M leave-one-out: {split.n_users} users, {split.n_items} items, {len(split.train)} training "
           f"ratings, {len(split.test)} test cases (full ranking)", flush=True)
     t0 = time.perf_counter()
-    vectors = text_vectors(ds.items, "use-m3")
+    vectors = text_vectors(ds.items, "use-m3", recipe=ItemRecipe(FIELDS))  # genres mean something here
     embed_seconds = time.perf_counter() - t0
     aligned = vectors.aligned(split.item_ids)
 

@@ -112,7 +112,7 @@ def main() -> int:
     from evaluation.splits import leave_one_out
     from index import CollectionSchema, Point, open_store
     from mmrec.data.datasets import load
-    from mmrec.model.vectors import service_vectors
+    from mmrec.model.vectors import store_vectors
     from mmrec.model.transformer import FusionConfig
     from mmrec.model import FusionRecommender, TrainConfig
 
@@ -123,7 +123,7 @@ def main() -> int:
     proc, _ = start(data)  # creates the data dir with the service's encoder settings
     stop(proc)
     t0 = time.perf_counter()
-    vectors = service_vectors(items, str(data))
+    vectors = store_vectors(items, str(data))
     embed_s = time.perf_counter() - t0
     rows = items.select_columns(["item_id", "product_id", "title", "language", "market", "category"]).to_list()
     store = open_store("edge", path=data / "store", schema=CollectionSchema(text_dim=vectors.dim, image_dim=vectors.dim,

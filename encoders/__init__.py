@@ -7,17 +7,17 @@ _IMAGE_EXPORTS: dict[str, str] = {
     "ModelUnavailableError": "encoders.image", "open_image": "encoders.image",
     "ImageTextAdapter": "encoders.adapter", "AdapterConfig": "encoders.adapter", "train_adapter": "encoders.adapter",
     "fit_catalog_adapter": "encoders.adapter", "CatalogProduct": "encoders.adapter",
-    "ClassNameBridge": "encoders.bridge", "MultimodalEncoder": "encoders.fusion", "FusionConfig": "encoders.fusion",
+    "ClassNameBridge": "encoders.bridge", "MultimodalEncoder": "encoders.multimodal", "ModalityMix": "encoders.multimodal",
 }
 
 
 # --- text side: text encoders by spec, the e5 rebuild, the cross-lingual head, batch embedding + cache
 _TEXT_EXPORTS: dict[str, str] = {
-    "load_text_encoder": "encoders.text", "TextEncoderError": "encoders.text", "DEFAULT_TEXT_SPEC": "encoders.text",
+    "load_text_encoder": "encoders.text", "TextEncoderError": "encoders.text",
     "TransformerMeanEncoder": "encoders.text", "USEEncoder": "encoders.text", "ConcatEncoder": "encoders.text",
     "SentenceTransformerEncoder": "encoders.text", "encoder_version": "encoders.text",
-    "BatchEmbedder": "encoders.batch", "EmbedStats": "encoders.batch", "VectorStore": "encoders.batch",
-    "embed_dataset": "encoders.batch",
+    "BatchEmbedder": "encoders.batch", "EmbedStats": "encoders.batch", "EmbeddingCache": "encoders.cache",
+    "torch_threads": "encoders.threads", "l2_normalize": "encoders.base",
 }
 
 

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
+from encoders.base import l2_normalize
+
 log = logging.getLogger(__name__)
 
 ADAPTER_FORMAT = 1
@@ -138,10 +140,6 @@ class AdapterNet(torch.nn.Module):
         return torch.nn.functional.normalize(out, dim=-1)
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 @dataclass
 class ImageTextAdapter:
     """A trained adapter plus what it was trained for: the image encoder, the text encoder, the catalog."""
@@ -200,7 +198,7 @@ class ImageTextAdapter:
             out += memory_weight * self.recall(descriptors)
         if bridge_weight > 0 and bridge is not None:
             out += bridge_weight * np.asarray(bridge, dtype=np.float32)
-        return _normalise(out)
+        return l2_normalize(out)
 
     def check_compatible(self, *, image_encoder: str | None = None, text_encoder: str | None = None) -> None:
         """Raise ValueError if this adapter was trained for other encoders (its output would be meaningless)."""
@@ -208,6 +206,14 @@ class ImageTextAdapter:
             if want is not None and want != have:
                 raise ValueError(f"adapter was trained for {what} encoder {have!r}, not {want!r}: "
                                  f"retrain it with `mmrec train-adapter --{what}-encoder {want}`")
+
+    def weights_digest(self) -> str:
+        """A hash of the trained weights (and memory): two adapters with equal digests map images alike."""
+        h = hashlib.sha256()
+        for name, tensor in sorted(self.net.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().numpy().tobytes())
+        return h.hexdigest()
 
     def save(self, path: str | Path) -> Path:
         """Write `<path>.pt` (weights and memory) and `<path>.json` (config, provenance); returns the .pt path."""
@@ -301,8 +307,8 @@ def train_adapter(image_features: np.ndarray, image_product: np.ndarray, text_ve
         rows = np.flatnonzero(np.isin(descriptor_product, products))
         if len(rows) > config.memory_max_products:
             rows = np.sort(rng.choice(rows, size=config.memory_max_products, replace=False))
-        keys = _normalise(descriptors[rows])
-        values = _normalise(np.stack([text_vectors[texts[p]].mean(0) for p in descriptor_product[rows]]))
+        keys = l2_normalize(descriptors[rows])
+        values = l2_normalize(np.stack([text_vectors[texts[p]].mean(0) for p in descriptor_product[rows]]))
     net = AdapterNet(in_dim, out_dim, config.hidden_dim, config.dropout,
                      0 if keys is None else keys.shape[1], 0 if keys is None else len(keys))
     if keys is not None:

@@ -33,3 +33,9 @@ class ImageEncoder(Protocol):
     def encode(self, images: Sequence[ImageInput]) -> np.ndarray:
         """(n, dim) float32, L2-normalised. Raises ImageDecodeError naming the bad item."""
         ...
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32); all-zero rows stay zero. Cosine search expects unit vectors."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

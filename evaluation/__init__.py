@@ -1,6 +1,13 @@
 """Evaluation harness: metrics, split protocols, the `Recommender` protocol and runner, baselines,
-significance, offline A/B and reports. numpy only (SASRec's torch is imported lazily); knows nothing
-of `mmrec`, `encoders` or `index`.
+significance, offline A/B and reports. Knows nothing of `mmrec`, `encoders` or `index`.
+
+Dependencies: numpy, scipy and pandas. torch only for SASRec (`evaluation.baselines.sasrec`) and the chunked
+full-softmax cross-entropy it trains with (`evaluation.losses`, also used by mmrec's model); neither is
+imported here, so ``import evaluation`` does not load torch.
+
+Modules: `data` (the integer-coded containers), `events` (reading and coding an events table), `splits`
+(the protocols), `metrics`, `protocol` (`Recommender`, `top_k`, the runner), `baselines`, `significance`,
+`ab` (offline A/B), `report`, `losses`.
 
 Typical use::
 
@@ -14,6 +21,7 @@ Typical use::
 from __future__ import annotations
 
 from .ab import ab_split, interleave
+from .data import EvalSet, Histories, Interactions, Split, as_histories
 from .metrics import (
     catalog_coverage,
     graded_ndcg_at_k,
@@ -29,17 +37,7 @@ from .metrics import (
 from .protocol import EvalResult, Recommendations, Recommender, evaluate, evaluate_cases, top_k
 from .report import Report, build_report, format_table, write_report
 from .significance import bootstrap_ci, compare, paired_bootstrap, paired_t_test
-from .splits import (
-    EvalSet,
-    Histories,
-    Interactions,
-    Split,
-    as_histories,
-    cold_start_split,
-    cross_market_split,
-    leave_one_out,
-    temporal_split,
-)
+from .splits import cold_start_split, cross_market_split, leave_one_out, temporal_split
 
 __all__ = [
     "precision_at_k", "recall_at_k", "ndcg_at_k", "graded_ndcg_at_k", "mrr_at_k", "hit_rate_at_k", "map_at_k",

@@ -20,24 +20,20 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .data import EvalSet
 from .protocol import Recommender, evaluate_cases
-from .splits import EvalSet
 
 __all__ = ["InterleavingResult", "ABResult", "team_draft", "interleave", "ab_split"]
 
 
 def _wilson(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion (well-behaved near 0 and 1 and for small n)."""
+    """Wilson score interval of a proportion (well-behaved near 0 and 1 and for small n); NaN when n = 0."""
     if n == 0:
         return math.nan, math.nan
     from scipy import stats
 
-    z = float(stats.norm.ppf(0.5 + level / 2))
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return centre - half, centre + half
+    ci = stats.binomtest(successes, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def team_draft(list_a: np.ndarray, list_b: np.ndarray, k: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:

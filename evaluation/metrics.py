@@ -45,6 +45,7 @@ __all__ = [
     "catalog_coverage",
     "intra_list_diversity",
     "novelty",
+    "unit_rows",
 ]
 
 ACCURACY_METRICS: tuple[str, ...] = ("precision", "recall", "ndcg", "mrr", "hit_rate", "map")
@@ -351,6 +352,13 @@ def catalog_coverage(ranked: np.ndarray, n_items: int, k: int) -> float:
     return float(len(np.unique(top[top >= 0])) / n_items)
 
 
+def unit_rows(vectors: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+    """Each row scaled to unit L2 norm (all-zero rows stay zero), so dot products are cosines."""
+    vecs = np.asarray(vectors, dtype=dtype)
+    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+    return vecs / np.where(norms > 0, norms, 1.0)
+
+
 def intra_list_diversity(ranked: np.ndarray, item_vectors: np.ndarray, k: int) -> np.ndarray:
     """Intra-list diversity@K per user = mean over distinct pairs (i, j) in the user's first k items of the
     cosine distance 1 - cos(v_i, v_j), from ``item_vectors`` (n_items, d) aligned with the item indices.
@@ -358,9 +366,7 @@ def intra_list_diversity(ranked: np.ndarray, item_vectors: np.ndarray, k: int) -
     Empty slots and repeats are ignored; a list with fewer than two distinct items scores ``nan``.
     """
     _check_k(k)
-    vecs = np.asarray(item_vectors, dtype=np.float64)
-    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-    unit = vecs / np.where(norms > 0, norms, 1.0)
+    unit = unit_rows(item_vectors)
     top = np.asarray(ranked)[:, :k]
     valid = _first_occurrence(top)
     out = np.full(top.shape[0], np.nan)

@@ -8,15 +8,22 @@ models on the same split can be compared user by user (``evaluation.significance
 from __future__ import annotations
 
 import time
-from functools import lru_cache
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from .metrics import ACCURACY_METRICS, accuracy_metrics_batch, catalog_coverage, hit_matrix, intra_list_diversity, novelty
-from .splits import EvalSet, Histories, Interactions, Split, as_histories
+from .data import EvalSet, Histories, Interactions, Split, as_histories
+from .metrics import (
+    ACCURACY_METRICS,
+    accuracy_metrics_batch,
+    catalog_coverage,
+    hit_matrix,
+    intra_list_diversity,
+    novelty,
+)
 
 __all__ = [
     "Recommendations",
@@ -214,7 +221,8 @@ class EvalResult:
         return out
 
 
-def _batch_rows(n_rows: int, n_items: int, batch_size: int | None) -> int:
+def _batch_rows(n_items: int, batch_size: int | None) -> int:
+    """Cases per `recommend` call: ``batch_size`` if given, else as many as keep the score matrix small."""
     if batch_size:
         return batch_size
     return max(64, min(4096, int(2e7 // max(n_items, 1))))  # ~160 MB of float64 scores per batch
@@ -247,7 +255,7 @@ def evaluate_cases(
     else:
         groups = [(eval_set.candidates[g], np.flatnonzero(eval_set.candidate_group == g))
                   for g in range(len(eval_set.candidates))]
-    bs = _batch_rows(n, n_items, batch_size)
+    bs = _batch_rows(n_items, batch_size)
     seconds = 0.0
     bar = None
     if progress:

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from .data import Split
 from .protocol import EvalResult
 from .significance import Comparison, bootstrap_ci, compare, holm
-from .splits import Split
 
 __all__ = ["Report", "build_report", "write_report", "format_table"]
 

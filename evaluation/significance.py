@@ -3,7 +3,7 @@
 Per-user metrics are heavy-tailed (mostly 0 with a few 1s under leave-one-out), so the primary interval
 is a paired bootstrap percentile interval (Efron & Tibshirani; Sakai 2006 for IR); the paired t-test is
 reported beside it. With many comparisons in one report, Holm's step-down adjustment controls the
-family-wise error.
+family-wise error. Intervals and tests come from ``scipy.stats`` (``bootstrap``, ``ttest_rel``).
 """
 from __future__ import annotations
 
@@ -70,16 +70,21 @@ def _clean(values: np.ndarray) -> np.ndarray:
     return v
 
 
-def _boot_means(values: np.ndarray, n_boot: int, seed: int, chunk: int = 256) -> np.ndarray:
-    """Means of ``n_boot`` resamples (with replacement) of the rows of ``values`` ((n,) or (n, m))."""
-    rng = np.random.default_rng(seed)
-    n = len(values)
-    out = []
-    for start in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - start)
-        idx = rng.integers(0, n, size=(b, n))
-        out.append(values[idx].mean(axis=1))
-    return np.concatenate(out)
+def _bootstrap_means(values: np.ndarray, level: float, n_boot: int, seed: int) -> tuple[float, float, np.ndarray]:
+    """(low, high, bootstrap means) of a percentile bootstrap over the rows of ``values`` (users).
+
+    ``scipy.stats.bootstrap`` with a seeded generator, resampling in batches of 256 so the (batch, n) index
+    matrix stays small on large test sets. A single value has nothing to resample: every mean is that value.
+    """
+    from scipy import stats
+
+    if len(values) == 1:  # scipy needs two observations
+        return float(values[0]), float(values[0]), np.full(n_boot, values[0])
+    # random_state=, not rng= (scipy >= 1.15 only): pyproject allows scipy >= 1.11. Same draws either way.
+    res = stats.bootstrap((values,), np.mean, confidence_level=level, n_resamples=n_boot, method="percentile",
+                          batch=256, random_state=np.random.default_rng(seed))
+    ci = res.confidence_interval
+    return float(ci.low), float(ci.high), res.bootstrap_distribution
 
 
 def bootstrap_ci(values: np.ndarray, *, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> MeanCI:
@@ -88,45 +93,51 @@ def bootstrap_ci(values: np.ndarray, *, level: float = 0.95, n_boot: int = 2000,
     v = v[~np.isnan(v)]
     if len(v) == 0:
         return MeanCI(math.nan, math.nan, math.nan, 0, level)
-    means = _boot_means(v, n_boot, seed)
-    alpha = (1.0 - level) / 2.0
-    return MeanCI(float(v.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)), len(v), level)
+    low, high, _ = _bootstrap_means(v, level, n_boot, seed)
+    return MeanCI(float(v.mean()), low, high, len(v), level)
 
 
 def paired_t_test(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(t, two-sided p) of the paired t-test on a - b. p from Student's t (scipy) with n - 1 df."""
+    """(t, two-sided p) of the paired t-test on a - b (``scipy.stats.ttest_rel``; pairs with a NaN dropped).
+
+    Differences that are all equal (up to rounding: scipy's own precision-loss test) have no variance and
+    no meaningful t from scipy: all zero -> (0, 1), the models agree on every user; a constant non-zero
+    difference -> (+-inf, 0).
+    """
     from scipy import stats
 
-    d = _clean(a) - _clean(b)
-    d = d[~np.isnan(d)]
-    n = len(d)
-    if n < 2:
+    a, b = _clean(a), _clean(b)
+    keep = ~np.isnan(a - b)
+    a, b = a[keep], b[keep]
+    d = a - b
+    if len(d) < 2:
         return math.nan, math.nan
-    sd = d.std(ddof=1)
-    if sd == 0:
-        return (0.0, 1.0) if d.mean() == 0 else (math.copysign(math.inf, d.mean()), 0.0)
-    t = d.mean() / (sd / math.sqrt(n))
-    return float(t), float(2 * stats.t.sf(abs(t), n - 1))
+    mean = float(d.mean())
+    if np.max(np.abs(d - mean)) <= 10 * np.finfo(np.float64).eps * abs(mean):
+        return (0.0, 1.0) if mean == 0 else (math.copysign(math.inf, mean), 0.0)
+    res = stats.ttest_rel(a, b)
+    return float(res.statistic), float(res.pvalue)
 
 
 def paired_bootstrap(
     a: np.ndarray, b: np.ndarray, *, level: float = 0.95, n_boot: int = 2000, seed: int = 0
 ) -> tuple[float, float, float, float]:
     """(diff, low, high, p): mean(a - b) over users, its percentile interval from resampling USERS (both
-    models' values move together), and the two-sided bootstrap p-value (twice the smaller tail mass of
-    the shifted-to-zero bootstrap distribution, floored at 1 / n_boot)."""
-    d = _clean(a) - _clean(b)
-    if len(_clean(a)) != len(_clean(b)):
+    models' values move together), and the two-sided bootstrap p-value: the share of bootstrap means at
+    least |diff| away from diff (the bootstrap distribution shifted to 0 stands for "no difference"),
+    floored at 1 / n_boot because n_boot resamples cannot show a smaller p."""
+    a, b = _clean(a), _clean(b)
+    if len(a) != len(b):
         raise ValueError("paired comparison needs the same users in the same order")
+    d = a - b
     d = d[~np.isnan(d)]
     if len(d) == 0:
         return math.nan, math.nan, math.nan, math.nan
-    means = _boot_means(d, n_boot, seed)
-    alpha = (1.0 - level) / 2.0
     diff = float(d.mean())
+    low, high, means = _bootstrap_means(d, level, n_boot, seed)
     centred = means - diff  # the null distribution of the mean difference
     p = float(np.mean(np.abs(centred) >= abs(diff)))
-    return diff, float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)), max(p, 1.0 / n_boot)
+    return diff, low, high, max(p, 1.0 / n_boot)
 
 
 def compare(

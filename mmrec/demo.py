@@ -79,7 +79,6 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
     from evaluation.splits import cross_market_split
     from mmrec import datasets
     from mmrec.store.catalog_store import CatalogConfig, CatalogStore
-    from mmrec.model.vectors import encoder_space_version
     from mmrec.model.transformer import FusionConfig
     from mmrec.serving.two_stage import load_ranker
     from mmrec.store.indexing import index_catalog, stored_vectors
@@ -102,7 +101,7 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
 
         step("fusion transformer: train on the shopper SIMULATION (cross-market split)")
         split = cross_market_split(ds.events, items=ds.items, candidates="target_market", seed=config.seed)
-        version = encoder_space_version(catalog.encoder)
+        version = catalog.encoder.space
         vectors = stored_vectors(catalog, split.item_ids)
         product_of = dict(zip(ds.items["item_id"], ds.items["product_id"]))
         products = np.asarray([product_of[i] for i in split.item_ids], dtype=object)

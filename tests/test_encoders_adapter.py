@@ -12,7 +12,7 @@ from encoders.adapter import (AdapterConfig, ImageTextAdapter, augment, catalog_
                               render_views, train_adapter)
 from encoders.base import ImageDecodeError
 from encoders.bridge import ClassNameBridge
-from encoders.fusion import FusionConfig, MultimodalEncoder
+from encoders.multimodal import ModalityMix, MultimodalEncoder
 from encoders.image import load_image_encoder
 
 LANGS = ("en", "de", "ja", "ru")
@@ -167,7 +167,7 @@ def test_bridge_puts_a_shirt_near_shirt_words(image_encoder, text_encoder, catal
 
 
 def test_fusion_without_images_with_bad_images_and_image_only(trained, text_encoder, image_encoder, catalog):
-    enc = MultimodalEncoder(text_encoder, image_encoder, trained, FusionConfig())
+    enc = MultimodalEncoder(text_encoder, image_encoder, trained, ModalityMix())
     good = catalog[100].image
     titles = [catalog[100].titles[0], "red apple", catalog[101].titles[-1], None]
     images = [good, None, b"definitely not an image", catalog[102].image]
@@ -179,7 +179,7 @@ def test_fusion_without_images_with_bad_images_and_image_only(trained, text_enco
     np.testing.assert_allclose(out["fused"][1], out["text"][1], atol=1e-6)  # text only
     np.testing.assert_allclose(out["fused"][2], out["text"][2], atol=1e-6)  # bad image -> text only
     np.testing.assert_allclose(out["fused"][3], out["image"][3], atol=1e-6)  # image only
-    both = FusionConfig().text_weight * out["text"][0] + FusionConfig().image_weight * out["image"][0]
+    both = ModalityMix().text_weight * out["text"][0] + ModalityMix().image_weight * out["image"][0]
     np.testing.assert_allclose(out["fused"][0], both / np.linalg.norm(both), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(out["fused"], axis=1), 1.0, atol=1e-5)
     with pytest.raises(ImageDecodeError, match="image #2"):
@@ -192,7 +192,7 @@ def test_fusion_without_images_with_bad_images_and_image_only(trained, text_enco
 
 def test_a_product_image_listed_many_times_is_encoded_once(trained, text_encoder, image_encoder, catalog):
     # emoji-market lists each product in 14 languages with one picture: the backbone must see it once
-    enc = MultimodalEncoder(text_encoder, image_encoder, trained, FusionConfig())
+    enc = MultimodalEncoder(text_encoder, image_encoder, trained, ModalityMix())
     seen = []
     real = enc.image_vectors
     enc.image_vectors = lambda images, progress=False: (seen.append(len(images)), real(images))[1]
@@ -204,7 +204,7 @@ def test_a_product_image_listed_many_times_is_encoded_once(trained, text_encoder
     again = enc.encode([a.titles[0]], [a.image])  # seen before: served from the cache
     assert seen == [2]
     np.testing.assert_array_equal(again["image"][0], out["image"][0])
-    fresh = MultimodalEncoder(text_encoder, image_encoder, trained, FusionConfig()).encode(titles[3:], [b.image] * 2)
+    fresh = MultimodalEncoder(text_encoder, image_encoder, trained, ModalityMix()).encode(titles[3:], [b.image] * 2)
     np.testing.assert_allclose(fresh["image"][0], out["image"][3], atol=1e-5)  # same as encoding it alone
 
 
@@ -214,7 +214,7 @@ def test_fusion_checks_adapter_matches_encoders(trained, image_encoder):
     other = load_text_encoder("minilm")
     with pytest.raises(ValueError, match="retrain"):
         MultimodalEncoder(other, image_encoder, trained)
-    bridge_only = MultimodalEncoder(other, image_encoder, None, FusionConfig(bridge_weight=1.0))
+    bridge_only = MultimodalEncoder(other, image_encoder, None, ModalityMix(bridge_weight=1.0))
     out = bridge_only.encode(["mug"], [Image.new("RGB", (64, 64), "white")])
     assert out["image"].shape == (1, other.dim) and np.isfinite(out["image"]).all()
 

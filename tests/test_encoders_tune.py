@@ -135,7 +135,7 @@ def _has_token(spec: str) -> bool:
 def test_default_text_encoder_beats_frozen_ones_on_held_out_products(by_product):
     """The shipped default (tuned into the cache on first use, ~5 min) on products kept out of its tuning:
     query in one language, gallery = every product's title in another (4 languages, 12 ordered pairs)."""
-    from mmrec.embedding.text_model import DEFAULT_TEXT, held_out_from_tuning, load_text, resolve_text_spec
+    from mmrec.embedding.text_model import DEFAULT_TEXT, held_out_from_tuning, load_text_encoder, resolve_text_spec
 
     resolved = resolve_text_spec("default")
     assert "e5-small-tuned" in DEFAULT_TEXT and resolved != "default" and not _has_token(resolved)
@@ -153,7 +153,7 @@ def test_default_text_encoder_beats_frozen_ones_on_held_out_products(by_product)
                     hits.extend((vecs[held, a] @ vecs[:, b].T).argmax(1) == held)
         return float(np.mean(hits))
 
-    default = load_text("default")
+    default = load_text_encoder("default")
     scores = {name: r1(load_text_encoder(name)) for name in ("e5-small", "use-m3")}
     ours = r1(default)
     assert ours > 1.1 * max(scores.values()), (ours, scores)

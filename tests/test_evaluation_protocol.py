@@ -9,7 +9,7 @@ import pytest
 from evaluation import metrics as M
 from evaluation.baselines import ContentKNN, ItemKNN, Popularity
 from evaluation.protocol import Recommender, evaluate, tie_order, top_k
-from evaluation.splits import Histories, cold_start_split, cross_market_split, leave_one_out
+from evaluation import Histories, cold_start_split, cross_market_split, leave_one_out
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 from evaluation.baselines import Popularity
 from evaluation.protocol import evaluate
-from evaluation.splits import Histories, leave_one_out
+from evaluation import Histories, leave_one_out
 
 torch = pytest.importorskip("torch")
 from evaluation.baselines.sasrec import SASRec, SASRecConfig

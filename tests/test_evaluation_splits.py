@@ -5,14 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.splits import (
-    Histories,
-    cold_start_split,
-    cross_market_split,
-    event_columns,
-    leave_one_out,
-    temporal_split,
-)
+from evaluation import Histories, cold_start_split, cross_market_split, leave_one_out, temporal_split
+from evaluation.events import event_columns
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +176,7 @@ def test_histories_container():
 
 
 def test_position_from_end_counts_the_later_events_of_each_row():
-    from evaluation.splits import Histories
+    from evaluation import Histories
 
     h = Histories.from_lists([[3, 1, 2], [], [5, 6]])
     assert h.position_from_end().tolist() == [2, 1, 0, 1, 0]

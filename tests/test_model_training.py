@@ -33,13 +33,14 @@ def test_beats_content_knn_and_popularity_on_the_shopper_simulation(emoji_market
     """On a slice of the emoji-market shopper SIMULATION (two markets), a short training run ranks the
     held-out next product better than content-kNN over the same vectors and than popularity."""
     from evaluation.baselines import ContentKNN, Popularity
+    from mmrec.embedding.recipe import ItemRecipe
     from mmrec.model.vectors import text_vectors
 
     items = emoji_market.items.filter(lambda m: m in ("US", "DE"), input_columns="market")
     keep = set(items["item_id"])
     events = emoji_market.events.filter(lambda i: i in keep, input_columns="item_id")
     split = leave_one_out(events, items=items, seed=0)
-    vecs = text_vectors(items, "use-m3", fields=("title",), progress=False).aligned(split.item_ids)
+    vecs = text_vectors(items, "use-m3", recipe=ItemRecipe(("title",)), progress=False).aligned(split.item_ids)
     rec = FusionRecommender(vecs, FusionConfig(content_dim=vecs.shape[1], hidden=32, max_len=50),
                             TrainConfig(epochs=8, lr=3e-3, warmup_steps=20, progress=False),
                             item_ids=split.item_ids, item_market=split.item_market)
@@ -72,7 +73,7 @@ def test_checkpoint_round_trip_and_version_check(ml_small, tmp_path):
     histories = split.test.histories.subset(np.arange(20))
     np.testing.assert_array_equal(rec.recommend(histories, 10).items, back.recommend(histories, 10).items)
     assert back.vectors_version == rec.vectors_version
-    with pytest.raises(UserError, match="item vectors version"):
+    with pytest.raises(UserError, match="trained on vector space"):
         FusionRecommender.load(path, vecs + 1.0, item_ids=split.item_ids)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot read checkpoint"):
@@ -102,7 +103,7 @@ def test_sampled_softmax_learns(ml_small):
 def test_resume_learns_a_new_item_from_new_events(ml100k):
     """Fine-tuning on new events: an item the first model never saw gets an ID, and a pattern only the
     new events show (users who watch A then watch X) moves X far up for histories ending in A."""
-    from evaluation.splits import Histories
+    from evaluation import Histories
 
     split = leave_one_out(ml100k.events, max_users=300, seed=0)
     train = split.train
@@ -128,7 +129,7 @@ def test_resume_learns_a_new_item_from_new_events(ml100k):
     new_item = np.concatenate([train.item, np.tile([a, x], len(users))])
     new_ts = np.concatenate([train.timestamp, np.tile(extra_t, len(users))])
     order = np.lexsort((new_ts, new_user))
-    from evaluation.splits import Interactions
+    from evaluation import Interactions
 
     indptr = np.zeros(train.n_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(new_user, minlength=train.n_users), out=indptr[1:])

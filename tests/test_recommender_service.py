@@ -1,7 +1,7 @@
 """The fusion transformer behind the real service: `mmrec serve --model` in a subprocess, talked to over HTTP.
 
 The workflow a user follows: serve a catalog, train a checkpoint on the vectors the service stores
-(`mmrec.model.vectors.service_vectors` with the data dir's encoder settings) and on the emoji-market
+(`mmrec.model.vectors.store_vectors` with the data dir's encoder settings) and on the emoji-market
 shopper SIMULATION's events, restart the service with `--model`. Then: a product upserted a second ago
 comes back from /recommend, an event posted to /events changes the next result, and a market filter
 restricts results to what that market sells. Text-only service (use-m3) to keep it fast.
@@ -28,7 +28,7 @@ def _products(items, split):
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, emoji_market):
     from evaluation.splits import leave_one_out
-    from mmrec.model.vectors import service_vectors
+    from mmrec.model.vectors import store_vectors
     from mmrec.model.transformer import FusionConfig
     from mmrec.model import FusionRecommender, TrainConfig
 
@@ -46,7 +46,7 @@ def served(tmp_path_factory, emoji_market):
             assert srv.client.post("/items", json={"items": body}).status_code == 200
     finally:
         srv.stop()
-    vectors = service_vectors(items, str(data), progress=False)  # the space the service stores
+    vectors = store_vectors(items, str(data), progress=False)  # the space the service stores
     split = leave_one_out(events, items=items, seed=0)
     rec = FusionRecommender(vectors.aligned(split.item_ids), FusionConfig(content_dim=vectors.dim, hidden=32, max_len=50),
                             TrainConfig(epochs=12, lr=3e-3, warmup_steps=20, progress=False),
@@ -126,4 +126,4 @@ def test_a_checkpoint_from_another_vector_space_is_refused(served, tmp_path):
                            str(tmp_path / "fresh"), "--text-encoder", "use-m3", "--image-encoder", "none",
                            "--model", str(other)], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 2
-    assert "item vectors version" in proc.stderr
+    assert "trained on vector space" in proc.stderr

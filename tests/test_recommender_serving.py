@@ -27,6 +27,7 @@ def _products(items, split):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, emoji_market):
     from evaluation.splits import leave_one_out
+    from mmrec.embedding.recipe import ItemRecipe
     from mmrec.model.vectors import text_vectors
     from mmrec.model.transformer import FusionConfig
     from mmrec.model import FusionRecommender, TrainConfig
@@ -34,7 +35,7 @@ def world(tmp_path_factory, emoji_market):
     items = emoji_market.items.filter(lambda m: m in MARKETS, input_columns="market")
     keep = set(items["item_id"])
     events = emoji_market.events.filter(lambda i: i in keep, input_columns="item_id")
-    vectors = text_vectors(items, "use-m3", fields=("title",), progress=False)
+    vectors = text_vectors(items, "use-m3", recipe=ItemRecipe(("title",)), progress=False)
     split = leave_one_out(events, items=items, max_users=1200, seed=0)
     rec = FusionRecommender(
         vectors.aligned(split.item_ids),
@@ -170,7 +171,7 @@ def test_checkpoint_refuses_other_item_vectors(world):
     from mmrec.errors import UserError
     from mmrec.serving.two_stage import TwoStageRecommender
 
-    with pytest.raises(UserError, match="item vectors version"):
+    with pytest.raises(UserError, match="trained on vector space"):
         TwoStageRecommender.from_checkpoint(world["ckpt"], world["store"], expect_vectors_version="0123456789abcdef")
 
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from ..data import EvalSet, Histories, Interactions, as_histories
+from ..metrics import unit_rows
 from ..protocol import Recommendations, top_k
-from ..splits import EvalSet, Histories, Interactions, as_histories
 
 
 @dataclass
@@ -34,8 +35,7 @@ class ContentKNN:
         vecs = np.asarray(self.item_vectors, dtype=np.float32)
         if vecs.ndim != 2:
             raise ValueError(f"item_vectors must be (n_items, d), got shape {vecs.shape}")
-        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-        self.unit_ = vecs / np.where(norms > 0, norms, 1.0)
+        self.unit_ = unit_rows(vecs, np.float32)
 
     def fit(self, train: Interactions, valid: EvalSet | None = None) -> "ContentKNN":
         if train.n_items != len(self.unit_):

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from ..data import EvalSet, Histories, Interactions, as_histories
 from ..protocol import Recommendations, top_k
-from ..splits import EvalSet, Histories, Interactions, as_histories
 
 
 def _binary_matrix(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..data import EvalSet, Histories, Interactions, as_histories
 from ..protocol import Recommendations, top_k
-from ..splits import EvalSet, Histories, Interactions, as_histories
 
 
 @dataclass

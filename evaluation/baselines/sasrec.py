@@ -4,7 +4,8 @@ Item-ID embeddings + learned positional embeddings -> causal (left-to-right) tra
 state at each position scores every item through the (tied) item embedding matrix. Training predicts
 the next item at every position with a softmax over ALL items (no sampled negatives: full CE is what
 makes SASRec competitive with later models, Klenitskiy & Vasilev, RecSys 2023); AdamW; early stopping
-on validation NDCG@10; seeded. torch is imported here only, so `evaluation` stays numpy-only otherwise.
+on validation NDCG@10; seeded. Needs torch, which `evaluation.baselines` imports only when SASRec
+is asked for.
 
 Calibration on ML-1M leave-one-out, full ranking (bench/ml1m_baselines.py): with ``loss="bce"`` (the
 original one-negative objective) this code lands on the published figures (NDCG@10 0.112 vs ~0.115,
@@ -28,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data import EvalSet, Histories, Interactions, as_histories
 from ..losses import full_softmax_cross_entropy
 from ..protocol import Recommendations, evaluate_cases, top_k
-from ..splits import EvalSet, Histories, Interactions, as_histories
 
 __all__ = ["SASRecConfig", "SASRec", "SASRecNet"]
 
@@ -125,10 +126,6 @@ class SASRecNet(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         return self.ln(x)
-
-    def item_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """h: (N, d) -> (N, n_items) scores over every real item (tied output embedding)."""
-        return h @ self.item_emb.weight[1:].T
 
 
 def _pad(rows: list[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from mmrec.commands import parse_recipe
 from mmrec.errors import UserError
 
 FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -23,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-images", action="store_true", help="text only (fused vector = text vector)")
     parser.add_argument("--adapter", default="default",
                         help="image->text adapter: 'default', a saved adapter path, or 'none' (class-name bridge)")
+    parser.add_argument("--text-fields", default=None,
+                        help="the item recipe: fields in the text, from title, alt_title, year, description, "
+                             "category [title,alt_title,year,description]")
     parser.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN",
                         help="map a catalog field to your column, e.g. --map title=name (repeatable)")
     parser.add_argument("--batch-size", type=int, default=64, help="items per model call [64]")
@@ -44,7 +48,7 @@ def _mapping(pairs: list[str]) -> dict[str, str] | None:
 
 
 def _load(catalog: str, mapping: dict[str, str] | None):
-    from mmrec import datasets
+    from mmrec.data import datasets
 
     if catalog in datasets.names() and not Path(catalog).exists():
         if mapping:
@@ -70,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
     items = _load(args.catalog, _mapping(args.map))
     adapter = None if args.adapter.lower() == "none" else args.adapter
     ds, stats = embed(items, text_encoder=args.text_encoder, image_encoder=None if args.no_images else args.image_encoder,
-                      adapter=adapter, batch_size=args.batch_size, threads=args.threads,
+                      adapter=adapter, recipe=parse_recipe(args.text_fields).fields, batch_size=args.batch_size, threads=args.threads,
                       cache_dir=False if args.no_cache else args.cache_dir, return_stats=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":

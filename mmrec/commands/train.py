@@ -15,6 +15,7 @@ import json
 import logging
 from pathlib import Path
 
+from mmrec.commands import parse_recipe
 from mmrec.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="item content vectors: 'text:<encoder spec>' (item text through a text encoder) or "
                         "'service[:DATA_DIR]' (the fused text+image vectors `mmrec serve` stores: train with "
                         "this to serve the checkpoint with `mmrec serve --model`)")
-    p.add_argument("--text-fields", default="title,alt_title,year,description,category",
-                   help="item fields in the text for 'text:' vectors (multilingual catalogs: 'title', so that "
-                        "category words in one language do not make every listing look alike)")
+    p.add_argument("--text-fields", default=None,
+                   help="the item recipe for 'text:' vectors: fields in the text, from title, alt_title, year, "
+                        "description, category [title,alt_title,year,description]; add 'category' for a "
+                        "monolingual catalog whose categories mean something (ML-1M genres)")
     m = p.add_argument_group("model (ignored with --resume)")
     m.add_argument("--hidden", type=int, default=64)
     m.add_argument("--layers", type=int, default=2)
@@ -98,8 +100,10 @@ def run(args: argparse.Namespace) -> int:
     from mmrec.model import FusionRecommender, TrainConfig
 
     items, events = _load_data(args)
-    extra = {"fields": tuple(f for f in args.text_fields.split(",") if f)} if args.vectors.startswith("text") else {}
-    vectors = catalog_vectors(items, args.vectors, progress=not args.no_progress, **extra)
+    if args.text_fields and not args.vectors.startswith("text"):
+        raise UserError("--text-fields applies to 'text:' vectors; a service data dir keeps its own recipe")
+    vectors = catalog_vectors(items, args.vectors, recipe=parse_recipe(args.text_fields),
+                              progress=not args.no_progress)
     try:
         split = leave_one_out(events, items=items, max_users=args.max_users, seed=args.seed)
     except ValueError as exc:

@@ -17,25 +17,16 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from encoders.adapter import AdapterConfig, CatalogProduct, ImageTextAdapter, fit_catalog_adapter
-from encoders.fusion import FusionConfig, MultimodalEncoder
 from encoders.image import DEFAULT_IMAGE_ENCODER, load_image_encoder
+from encoders.text import encoder_version
 from mmrec.data.catalog import group_products, load_catalog_items
 from mmrec.errors import UserError
 from mmrec.paths import cache_dir
-from mmrec.embedding.text_model import load_text
+from mmrec.embedding.text_model import load_text_encoder
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CATALOG = "emoji-market"
-
-
-def _text_version(text_encoder: Any) -> str:
-    try:
-        from encoders.text import encoder_version
-
-        return encoder_version(text_encoder)
-    except ImportError:  # pragma: no cover - the text side ships with encoders
-        return str(getattr(text_encoder, "version", None) or text_encoder.name)
 
 
 def _slug(text: str) -> str:
@@ -54,18 +45,18 @@ def train_catalog_adapter(catalog: str = DEFAULT_CATALOG, *, text_encoder: Any =
     products = catalog_products(load_catalog_items(catalog))  # the cheap checks first
     if len(products) < 2:
         raise UserError(f"{catalog}: adapter training needs at least 2 products with an image and a title")
-    text = load_text(text_encoder)
+    text = load_text_encoder(text_encoder)
     image = load_image_encoder(image_encoder) if isinstance(image_encoder, str) else image_encoder
     log.info("training an image->text adapter on %s (%d products) for %s", catalog, len(products), text.name)
     return fit_catalog_adapter(products, text, image, config=config, cache_dir=cache_dir("adapters", "views"),
                                meta={"catalog": catalog if not Path(catalog).exists() else str(Path(catalog).resolve()),
-                                     "text_version": _text_version(text)}, progress=progress)
+                                     "text_version": encoder_version(text)}, progress=progress)
 
 
 def default_adapter_path(text_encoder: Any, image_encoder: Any, catalog: str = DEFAULT_CATALOG,
                          config: AdapterConfig | None = None) -> Path:
     config = config or AdapterConfig()
-    version = _text_version(text_encoder)  # slugged for reading, hashed so that a cut-off slug cannot collide
+    version = encoder_version(text_encoder)  # slugged for reading, hashed so that a cut-off slug cannot collide
     tag = hashlib.sha256(version.encode()).hexdigest()[:8]
     name = f"{catalog}--{image_encoder.name}--{_slug(version)}-{tag}--{config.digest()}"
     return cache_dir("adapters") / name
@@ -74,7 +65,7 @@ def default_adapter_path(text_encoder: Any, image_encoder: Any, catalog: str = D
 def default_adapter(text_encoder: Any = "default", image_encoder: Any = DEFAULT_IMAGE_ENCODER, *,
                     catalog: str = DEFAULT_CATALOG, retrain: bool = False, progress: bool = True) -> ImageTextAdapter:
     """The adapter for (image encoder, text encoder), trained on `catalog` into the cache on first use."""
-    text = load_text(text_encoder)
+    text = load_text_encoder(text_encoder)
     image = load_image_encoder(image_encoder) if isinstance(image_encoder, str) else image_encoder
     path = default_adapter_path(text, image, catalog)
     if not retrain and path.with_suffix(".pt").exists():
@@ -82,33 +73,3 @@ def default_adapter(text_encoder: Any = "default", image_encoder: Any = DEFAULT_
     adapter = train_catalog_adapter(catalog, text_encoder=text, image_encoder=image, progress=progress)
     adapter.save(path)
     return adapter
-
-
-def load_multimodal_encoder(text_encoder: Any = "default", image_encoder: Any = DEFAULT_IMAGE_ENCODER,
-                            adapter: str | Path | ImageTextAdapter | None = "default",
-                            fusion: FusionConfig | None = None, *, progress: bool = True) -> MultimodalEncoder:
-    """Text + image encoders + adapter + fusion, ready for `encode(titles, images)` / `mmrec.embed`.
-
-    adapter: "default" (trained on emoji-market into the cache on first use), a saved adapter path, an
-    ImageTextAdapter, or None (image vectors from the training-free class-name bridge only). An open_clip
-    image encoder with text_encoder="clip" uses its own text tower and needs no adapter.
-    """
-    from encoders.image import OpenClipEncoder
-
-    image = load_image_encoder(image_encoder) if isinstance(image_encoder, str) else image_encoder
-    if isinstance(image, OpenClipEncoder) and text_encoder in ("clip", "default", None):
-        return MultimodalEncoder(image.text_encoder(), image, None, fusion)
-    text = load_text(text_encoder)
-    if isinstance(image, OpenClipEncoder):
-        raise UserError(f"{image.name} pairs with its own text tower (text encoder 'clip'), not {text.name}")
-    if adapter == "default":
-        adapter = default_adapter(text, image, progress=progress)
-    elif isinstance(adapter, (str, Path)):
-        try:
-            adapter = ImageTextAdapter.load(adapter)
-        except (FileNotFoundError, ValueError) as exc:
-            raise UserError(str(exc)) from None
-    try:
-        return MultimodalEncoder(text, image, adapter, fusion)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None

@@ -108,13 +108,15 @@ def resolve_text_spec(spec: str) -> str:
     return spec
 
 
-def load_text(text_encoder: Any = "default") -> Any:
-    """A text encoder from a spec (see the module docstring) or an encoder object, returned as is."""
-    if not isinstance(text_encoder, str):
-        return text_encoder
-    from encoders.text import TextEncoderError, load_text_encoder
+def load_text_encoder(spec: Any = "default") -> Any:
+    """A text encoder from a spec (see the module docstring; "default" is mmrec's measured best) or an
+    encoder object, returned as is."""
+    if not isinstance(spec, str):
+        return spec
+    from encoders.text import TextEncoderError
+    from encoders.text import load_text_encoder as load_spec
 
     try:
-        return load_text_encoder(resolve_text_spec(text_encoder))
+        return load_spec(resolve_text_spec(spec))
     except TextEncoderError as exc:
         raise UserError(str(exc)) from None

@@ -49,12 +49,12 @@ class Checkpoint:
 
 def load_checkpoint(path: str | Path, *, expect_vectors_version: str | None = None) -> Checkpoint:
     """Load a checkpoint; with ``expect_vectors_version``, refuse one trained on other item vectors
-    (a different encoder or adapter puts items in a different space and the weights would be garbage)."""
+    (another encoder, adapter or item recipe puts items in a different space and the weights would be garbage)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's problem to fix
         raise UserError(f"cannot read checkpoint {path}: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
@@ -62,8 +62,9 @@ def load_checkpoint(path: str | Path, *, expect_vectors_version: str | None = No
     version = payload["vectors_version"]
     if expect_vectors_version is not None and version != expect_vectors_version:
         raise UserError(
-            f"checkpoint {path} was trained on item vectors version {version}, but these item vectors are "
-            f"version {expect_vectors_version}: embed the catalog with the same encoder settings, or retrain"
+            f"checkpoint {path} was trained on vector space {version}, but these item vectors are space "
+            f"{expect_vectors_version} (another encoder, adapter or item recipe): index the catalog with the "
+            f"settings it was trained on, or retrain"
         )
     model = FusionTransformer(FusionConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["state_dict"])

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
-from evaluation.splits import Histories
+from evaluation import Histories
 
 
 def cooccurrence_matrix(items: np.ndarray, indptr: np.ndarray, n: int, window: int) -> sp.csr_matrix:

@@ -46,12 +46,9 @@ def next_item_loss(
         rows_all = torch.arange(len(items.ids))
     else:
         rows_all = rows
-    content = model.content_proj(items.content[rows_all])
-    if mcfg.use_markets:
-        content = content + model.item_market_emb(items.market[rows_all])
-    use_ids = mcfg.use_ids and mcfg.n_ids > 0
     ids = items.ids[rows_all]
-    table = content + model.id_emb(ids) if use_ids else content  # (R, d)
+    table = model.item_table(items.content[rows_all], ids, items.market[rows_all])  # (R, d)
+    use_ids = mcfg.use_ids and mcfg.n_ids > 0
     local = torch.searchsorted(rows_all, inp["item"].contiguous()) if not full else inp["item"]
     drop = use_ids and mcfg.id_dropout > 0
     id_drop = (torch.rand(local.shape, generator=gen) < mcfg.id_dropout) if drop else None
@@ -61,8 +58,8 @@ def next_item_loss(
     # Output side: candidates get the "unknown item" ID with the same probability (for the whole batch).
     out_table = table
     if drop:
-        out_drop = (torch.rand(len(rows_all), generator=gen) < mcfg.id_dropout).to(table.dtype)
-        out_table = table + out_drop[:, None] * (model.id_emb.weight[0] - model.id_emb(ids))
+        out_drop = torch.rand(len(rows_all), generator=gen) < mcfg.id_dropout
+        out_table = model.drop_ids(table, ids, out_drop)
     targets = tgt_item[real]  # (M,) model item indices
     if full:  # softmax over the whole (sorted) catalog
         target_pos = torch.searchsorted(catalog, targets)

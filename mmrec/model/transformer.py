@@ -174,6 +174,16 @@ class FusionTransformer(nn.Module):
             table = table + self.item_market_emb(market)
         return table
 
+    def drop_ids(
+        self,
+        rows: torch.Tensor,  # (..., d) item representations from `item_table`
+        ids: torch.Tensor,  # (...,) the ID codes they were built with
+        drop: torch.Tensor,  # (...,) bool: which rows lose their ID
+    ) -> torch.Tensor:  # (..., d)
+        """ID dropout: the chosen rows get the learned "unknown item" ID instead of their own, which is
+        exactly how a cold item is represented at serving time, so training teaches the content path."""
+        return rows + (self.id_emb.weight[0] - self.id_emb(ids)) * drop.unsqueeze(-1).to(rows.dtype)
+
     # ---------------------------------------------------------------- histories
 
     def forward(
@@ -192,9 +202,8 @@ class FusionTransformer(nn.Module):
         ar = torch.arange(length, device=items.device)
         real = ar[None, :] < lengths[:, None]  # (B, L)
         x = table[items]  # (B, L, d)
-        if id_drop is not None and ids is not None:  # swap the dropped events' ID for "unknown item"
-            swap = self.id_emb.weight[0] - self.id_emb(ids[items])  # (B, L, d)
-            x = x + swap * id_drop.unsqueeze(-1).to(x.dtype)
+        if id_drop is not None and ids is not None:  # the dropped events' items read as "unknown item"
+            x = self.drop_ids(x, ids[items], id_drop)
         x = x * math.sqrt(cfg.hidden)
         pos = (lengths[:, None] - 1 - ar[None, :]).clamp(0, cfg.max_len - 1)  # 0 = most recent event
         x = x + self.pos_emb(pos)

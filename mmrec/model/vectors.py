@@ -1,10 +1,13 @@
-"""Content vectors for a catalog, built by composing the encoders and cached on disk.
+"""The content vectors the fusion transformer reads: one unit vector per item, and the space they live in.
 
-The fusion transformer reads every item through a frozen content vector; this module makes the
-(n_items, C) matrix for a catalog and says which *space* it lives in (``version``), so a checkpoint
-trained on one space refuses vectors from another. The version depends on the encoder and how the
-text is composed, not on the catalog rows: adding products keeps the space, changing the encoder
-does not.
+Made by the one `ItemEncoder` (so they are exactly what `mmrec embed` and the service make for the same
+item), or read from a service data dir's store (what the service will retrieve with, never re-embedded).
+``ItemVectors.version`` names the space; a checkpoint records it and refuses vectors from another.
+
+Specs (`catalog_vectors`):
+  text:<text spec>     the recipe's text through a text encoder (no images), e.g. text:use-m3
+  service[:DATA_DIR]   the fused vectors a service data dir stores (its recorded encoders and recipe; default
+                       `mmrec serve` settings without DATA_DIR)
 """
 from __future__ import annotations
 
@@ -12,18 +15,19 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from encoders.base import l2_normalize
+from mmrec.embedding.item_encoder import EncoderConfig, ItemEncoder, load_item_encoder
+from mmrec.embedding.recipe import ItemRecipe
 from mmrec.errors import UserError
-from mmrec.paths import cache_dir
+from mmrec.store.catalog_store import CatalogConfig, CatalogStore
 
 log = logging.getLogger(__name__)
-
-TEXT_RECIPE = "item_text/1"  # bump when `item_text` changes
-DEFAULT_FIELDS: tuple[str, ...] = ("title", "alt_title", "year", "description", "category")
 
 
 @dataclass
@@ -33,7 +37,7 @@ class ItemVectors:
     item_ids: np.ndarray  # (n,) object
     vectors: np.ndarray  # (n, C) float32, L2-normalised
     spec: str  # how they were made, e.g. "text:use-m3"
-    version: str  # identity of the vector space (encoder + recipe); checkpoints check it
+    version: str  # identity of the vector space (recipe + encoders); checkpoints check it
 
     @property
     def dim(self) -> int:
@@ -52,159 +56,103 @@ class ItemVectors:
 
 
 def vectors_version(item_vectors: np.ndarray, spec: str = "") -> str:
-    """A short hash of a content-vector matrix (and the encoder spec that made it)."""
+    """A short hash of a content-vector matrix (for vectors that come without a named space)."""
     h = hashlib.sha256(spec.encode())
     h.update(np.ascontiguousarray(item_vectors, dtype=np.float32).tobytes())
     return h.hexdigest()[:16]
 
 
-def item_text(row: dict[str, Any], fields: Sequence[str] = DEFAULT_FIELDS) -> str:
-    """The text that stands for an item, from the chosen ``fields`` (title, alt_title, year, description,
-    category). ML-1M with the defaults: "Heat (1995). Action, Crime, Thriller".
-
-    For a multilingual catalog use ``fields=("title",)``: category words in one language on every
-    listing would make translations look alike because of the shared words, not the product.
-    """
-    attrs = row.get("attributes") or "{}"
-    attrs = json.loads(attrs) if isinstance(attrs, str) else dict(attrs)
-    title = str(row.get("title") or "")
-    if "alt_title" in fields and attrs.get("alt_title"):
-        title += f" ({attrs['alt_title']})"
-    if "year" in fields and attrs.get("year"):
-        title += f" ({attrs['year']})"
-    parts = [title] if "title" in fields else []
-    if "description" in fields and row.get("description"):
-        parts.append(str(row["description"]))
-    category = row.get("category")
-    if "category" in fields and category:
-        parts.append(", ".join(p for p in str(category).replace("/", "|").split("|") if p))
-    return ". ".join(parts)
-
-
 def _rows(items: Any) -> list[dict[str, Any]]:
     if hasattr(items, "to_list"):  # datasets.Dataset
-        return items.to_list()
-    if hasattr(items, "to_dict") and hasattr(items, "columns"):  # pandas
-        return items.to_dict("records")
-    return [dict(r) for r in items]
-
-
-def text_vectors(
-    items: Any,
-    spec: str = "use-m3",
-    *,
-    texts: Sequence[str] | None = None,
-    fields: Sequence[str] = DEFAULT_FIELDS,
-    cache: bool = True,
-    batch_size: int = 512,
-    progress: bool = True,
-) -> ItemVectors:
-    """Embed each item's `item_text` (``fields``) with the text encoder ``spec``; cached by content hash.
-
-    ``items``: a `datasets.Dataset`, DataFrame or list of item dicts (needs item_id and title).
-    """
-    from encoders.text import encoder_version
-    from mmrec.embedding.text_model import load_text
-
-    rows = _rows(items)
+        rows = items.to_list()
+    elif hasattr(items, "to_dict") and hasattr(items, "columns"):  # pandas
+        rows = items.to_dict("records")
+    else:
+        rows = [dict(r) for r in items]
     if not rows:
         raise UserError("the catalog is empty")
+    return rows
+
+
+def encoded_vectors(items: Any, encoder: ItemEncoder, spec: str) -> ItemVectors:
+    """Every item through `encoder` (batched, cached); items without text or usable image are an error."""
+    rows = _rows(items)
+    out = encoder.embed(rows)
+    fused = out["fused"]
+    bad = np.flatnonzero(~np.isfinite(fused).all(axis=1))
+    if len(bad):
+        raise UserError(f"{len(bad)} items have neither a title nor a usable image, e.g. {rows[int(bad[0])]['item_id']!r}")
     ids = np.asarray([r["item_id"] for r in rows], dtype=object)
-    texts = list(texts) if texts is not None else [item_text(r, fields) for r in rows]
-    encoder = load_text(spec)
-    space = f"text:{spec}|{encoder_version(encoder)}|{TEXT_RECIPE}|{'+'.join(fields)}"
-    version = hashlib.sha256(space.encode()).hexdigest()[:16]
-    key = hashlib.sha256((space + "\n" + "\n".join(texts)).encode()).hexdigest()[:24]
-    path = cache_dir("item_vectors") / f"{key}.npy"
-    if cache and path.exists():
-        vectors = np.load(path)
-    else:
-        chunks = []
-        steps = range(0, len(texts), batch_size)
+    if not encoder.multimodal.mix.normalize:  # the model reads unit vectors, like the cosine index
+        fused = l2_normalize(fused)
+    return ItemVectors(item_ids=ids, vectors=fused, spec=spec, version=encoder.space)
+
+
+def text_vectors(items: Any, spec: str = "use-m3", *, recipe: ItemRecipe | None = None, cache: bool = True,
+                 batch_size: int = 512, progress: bool = True) -> ItemVectors:
+    """The recipe's text of each item through the text encoder ``spec`` (no images); cached by content."""
+    recipe = recipe or ItemRecipe()
+    config = EncoderConfig(text_encoder=spec, image_encoder=None, adapter=None, recipe=recipe.fields)
+    encoder = load_item_encoder(config, cache_dir=None if cache else False, batch_size=batch_size, progress=progress)
+    try:
+        return encoded_vectors(items, encoder, f"text:{spec}")
+    finally:
+        encoder.close()
+
+
+def store_config(data_dir: str | Path | None) -> CatalogConfig:
+    """The catalog config a service data dir was built with (catalog.json), or the `mmrec serve` defaults."""
+    if not data_dir:
+        return CatalogConfig()
+    meta = Path(data_dir) / "catalog.json"
+    if not meta.exists():
+        raise UserError(f"{data_dir} is not a service data dir (no catalog.json)")
+    stored = json.loads(meta.read_text()).get("config", {})
+    return CatalogConfig(**{f.name: stored[f.name] for f in fields(CatalogConfig) if f.name in stored})
+
+
+def store_vectors(items: Any, data_dir: str | Path | None = None, *, progress: bool = True) -> ItemVectors:
+    """The fused vectors for these items in the space of the service data dir: read from its store where it
+    holds them (never re-embedded), the rest embedded by the store's own `ItemEncoder` (same recipe, same
+    space) without being written. Without a data dir: the default service encoders, embedded."""
+    rows = _rows(items)
+    config = store_config(data_dir)
+    if not data_dir:
+        encoder = load_item_encoder(config, progress=progress)
+        try:
+            return encoded_vectors(rows, encoder, f"service:{encoder.name}")
+        finally:
+            encoder.close()
+    catalog = CatalogStore.open(data_dir, config)
+    try:
+        ids = [str(r["item_id"]) for r in rows]
+        found: dict[str, np.ndarray] = {}
+        steps = range(0, len(ids), 1024)
         if progress:
             from tqdm.auto import tqdm
 
-            steps = tqdm(steps, desc=f"embed items ({spec})", unit="batch", leave=False)
+            steps = tqdm(steps, desc=f"read vectors from {data_dir}", unit="batch", leave=False)
         for s in steps:
-            chunks.append(np.asarray(encoder.encode(texts[s : s + batch_size], kind="passage"), dtype=np.float32))
-        vectors = np.concatenate(chunks)
-        if cache:
-            tmp = path.with_suffix(".tmp.npy")
-            np.save(tmp, vectors)
-            tmp.replace(path)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    vectors = (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-    return ItemVectors(item_ids=ids, vectors=vectors, spec=f"text:{spec}", version=version)
+            found.update({k: v for k, (v, _) in catalog.item_vectors(ids[s : s + 1024]).items()})
+        missing = [r for r in rows if str(r["item_id"]) not in found]
+        if missing:
+            log.info("%d of %d items are not in %s: embedding them with its encoders", len(missing), len(rows), data_dir)
+            extra = encoded_vectors(missing, catalog.encoder, "")
+            found.update(zip(map(str, extra.item_ids), extra.vectors))
+        vectors = l2_normalize(np.stack([found[i] for i in ids]))
+        return ItemVectors(item_ids=np.asarray(ids, dtype=object), vectors=vectors,
+                           spec=f"service:{catalog.encoder.name}", version=catalog.encoder.space)
+    finally:
+        catalog.close()
 
 
-def catalog_vectors(items: Any, spec: str = "text:use-m3", **kwargs: Any) -> ItemVectors:
-    """Content vectors for a catalog by spec:
-    ``text:<encoder spec>``  the item text (title, year, category...) through a text encoder;
-    ``service[:DATA_DIR]``   the fused text + image vectors the service stores (its encoder settings: the
-                             defaults of `mmrec serve`, or those recorded in DATA_DIR/catalog.json), so a
-                             checkpoint trained on them can be served with `mmrec serve --model`.
-    """
+def catalog_vectors(items: Any, spec: str = "text:use-m3", *, recipe: ItemRecipe | None = None,
+                    progress: bool = True) -> ItemVectors:
+    """Content vectors for a catalog by spec (see the module docstring); ``recipe`` applies to text specs
+    (a data dir keeps its own)."""
     kind, _, rest = spec.partition(":")
     if kind == "text":
-        return text_vectors(items, rest or "use-m3", **kwargs)
+        return text_vectors(items, rest or "use-m3", recipe=recipe, progress=progress)
     if kind == "service":
-        return service_vectors(items, rest or None, **{k: v for k, v in kwargs.items() if k == "progress"})
+        return store_vectors(items, rest or None, progress=progress)
     raise UserError(f"unknown item-vector spec {spec!r}: use 'text:<encoder>' or 'service[:DATA_DIR]'")
-
-
-def encoder_space_version(encoder: Any) -> str:
-    """Identity of the vector space a `MultimodalEncoder` (the service's) writes: its encoders, adapter
-    provenance and fusion weights. A checkpoint records it; the service refuses a checkpoint from
-    another space."""
-    desc = encoder.describe() if hasattr(encoder, "describe") else {}
-    desc = {"name": getattr(encoder, "name", ""), "dim": getattr(encoder, "dim", 0), **desc}
-    return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def service_vectors(items: Any, data_dir: str | None = None, *, batch_size: int = 64,
-                    progress: bool = True) -> ItemVectors:
-    """The fused vectors `mmrec serve` would store for these items (title + image, same encoders)."""
-    from dataclasses import fields as dc_fields
-    from pathlib import Path
-
-    from mmrec.store.catalog_store import CatalogConfig, load_encoder
-
-    config = CatalogConfig()
-    if data_dir:
-        meta = Path(data_dir) / "catalog.json"
-        if not meta.exists():
-            raise UserError(f"{data_dir} is not a service data dir (no catalog.json)")
-        stored = json.loads(meta.read_text()).get("config", {})
-        config = CatalogConfig(**{f.name: stored[f.name] for f in dc_fields(CatalogConfig) if f.name in stored})
-    encoder = load_encoder(config)
-    rows = _rows(items)
-    if not rows:
-        raise UserError("the catalog is empty")
-    version = encoder_space_version(encoder)
-    ids = np.asarray([r["item_id"] for r in rows], dtype=object)
-    text_only = encoder.image_encoder is None
-    key = None
-    if text_only:  # cacheable by content: the titles say everything
-        key = hashlib.sha256((version + "\n" + "\n".join(str(r.get("title")) for r in rows)).encode()).hexdigest()[:24]
-        path = cache_dir("item_vectors") / f"service-{key}.npy"
-        if path.exists():
-            return ItemVectors(item_ids=ids, vectors=np.load(path), spec=f"service:{encoder.name}", version=version)
-    batch_size = 512 if text_only else batch_size
-    steps = range(0, len(rows), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="embed items (service encoders)", unit="batch", leave=False)
-    chunks = []
-    for s in steps:
-        batch = rows[s : s + batch_size]
-        images = [r.get("image_path") if encoder.image_encoder is not None else None for r in batch]
-        chunks.append(encoder.encode([r.get("title") for r in batch], images, errors="skip")["fused"])
-    vectors = np.concatenate(chunks).astype(np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    vectors = (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-    if key is not None:
-        tmp = cache_dir("item_vectors") / f"service-{key}.tmp.npy"
-        np.save(tmp, vectors)
-        tmp.replace(cache_dir("item_vectors") / f"service-{key}.npy")
-    return ItemVectors(item_ids=ids, vectors=vectors, spec=f"service:{encoder.name}", version=version)

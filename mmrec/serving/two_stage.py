@@ -212,7 +212,5 @@ class TwoStageRecommender:
 def load_ranker(path: str | Path, catalog: Any, config: ServingConfig | None = None) -> TwoStageRecommender:
     """The fusion transformer behind the service: a checkpoint over a `CatalogStore`'s vector store,
     refused if it was trained on vectors from another encoder setup than the catalog's."""
-    from mmrec.model.vectors import encoder_space_version
-
     return TwoStageRecommender.from_checkpoint(path, catalog.store, config=config,
-                                               expect_vectors_version=encoder_space_version(catalog.encoder))
+                                               expect_vectors_version=catalog.encoder.space)

@@ -11,19 +11,17 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
+from cachetools import LRUCache
 
 from encoders.base import ImageInput
 from index import CollectionSchema, Filter, Group, Point, VectorStore, open_store
 from index.store import average_vector_query
-
-if TYPE_CHECKING:  # torch comes with these: imported when an encoder is built, not on import
-    from encoders.fusion import MultimodalEncoder
+from mmrec.embedding.item_encoder import EncoderConfig, ItemEncoder, load_item_encoder
 
 log = logging.getLogger(__name__)
 
@@ -32,27 +30,18 @@ DISPLAY_FIELDS = ("title", "description", "has_image")
 
 
 @dataclass
-class CatalogConfig:
-    """What turns items into vectors and where they are kept.
+class CatalogConfig(EncoderConfig):
+    """An `EncoderConfig` (what turns items into vectors) plus where the vectors are kept.
 
-    text_encoder / image_encoder: specs for `mmrec.embedding.text_model.load_text` and
-      `encoders.image.load_image_encoder` (image_encoder None: text only).
-    adapter: "default" (the adapter trained on emoji-market for these encoders, trained into the cache on
-      first use), a trained image->text adapter file (`mmrec train-adapter` on your catalog), or None: images
-      then reach the text space through the training-free ImageNet class-name bridge only.
     store: "edge" (a directory under the data dir) or "server" with `store_url`.
     reindex_every: build the HNSW graph in the background once this many points are not in it (checked
       at startup and after upserts); until then new points are scanned exactly, which is fast at that size.
     """
 
-    text_encoder: str = "default"
-    image_encoder: str | None = "efficientnet-lite0"
-    adapter: str | None = "default"
     store: str = "edge"
     store_url: str | None = None
     collection: str = "items"
     reindex_every: int = 5_000
-    fusion: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,6 +59,7 @@ class ItemRecord:
     in_stock: bool = True
     created_at: int | None = None
     image: ImageInput | None = None
+    attributes: dict[str, Any] | str = field(default_factory=dict)  # free fields (or their JSON); the recipe reads alt_title, year
 
 
 class VectorCache:
@@ -80,8 +70,7 @@ class VectorCache:
     first use, dropped on delete). The store stays the source of truth: a miss just reads it."""
 
     def __init__(self, max_items: int = 200_000):
-        self.max_items = max_items
-        self._data: OrderedDict[str, tuple[np.ndarray, str]] = OrderedDict()
+        self._data: LRUCache[str, tuple[np.ndarray, str]] = LRUCache(max_items)
         self._lock = threading.Lock()
 
     def get_many(self, item_ids: Sequence[str]) -> tuple[dict[str, tuple[np.ndarray, str]], list[str]]:
@@ -92,16 +81,12 @@ class VectorCache:
                 if entry is None:
                     missing.append(i)
                 else:
-                    self._data.move_to_end(i)
                     found[i] = entry
         return found, missing
 
     def put(self, item_id: str, vector: np.ndarray, product_id: str) -> None:
         with self._lock:
             self._data[item_id] = (np.asarray(vector, dtype=np.float32), product_id)
-            self._data.move_to_end(item_id)
-            while len(self._data) > self.max_items:
-                self._data.popitem(last=False)
 
     def drop(self, item_ids: Sequence[str]) -> None:
         with self._lock:
@@ -120,33 +105,11 @@ class Recommendation:
     reasons: list[tuple[str, float]] = field(default_factory=list)
 
 
-def load_encoder(config: CatalogConfig) -> "MultimodalEncoder":
-    """The MultimodalEncoder named by the config (model weights come from installed packages only)."""
-    from encoders.fusion import FusionConfig, MultimodalEncoder
-    from mmrec.embedding.text_model import load_text
-
-    text = load_text(config.text_encoder)
-    image = adapter = None
-    if config.image_encoder:
-        from encoders.image import load_image_encoder
-
-        image = load_image_encoder(config.image_encoder, threads=1)
-        if config.adapter == "default":  # trained on emoji-market into the cache on first use (~1-2 min)
-            from mmrec.embedding.image_adapter import default_adapter
-
-            adapter = default_adapter(text, image)
-        elif config.adapter:
-            from encoders.adapter import ImageTextAdapter
-
-            adapter = ImageTextAdapter.load(config.adapter)
-    return MultimodalEncoder(text, image, adapter, FusionConfig(**config.fusion))
-
-
 class CatalogStore:
-    """Encoders + vector store. Thread-safe: the encoders run one call at a time (torch models are not
-    re-entrant and the box has 2 cores anyway); the store handles its own concurrency."""
+    """The item encoder + the vector store. Thread-safe: encoder calls are serialised by a lock (torch
+    models are not re-entrant); the store handles its own concurrency."""
 
-    def __init__(self, encoder: "MultimodalEncoder", store: VectorStore, reindex_every: int = 5_000):
+    def __init__(self, encoder: ItemEncoder, store: VectorStore, reindex_every: int = 5_000):
         self.encoder = encoder
         self.store = store
         self.reindex_every = reindex_every
@@ -158,26 +121,27 @@ class CatalogStore:
         self._maybe_reindex(max(int(info.get("points") or 0) - int(info.get("indexed_vectors") or 0), 0))
 
     @classmethod
-    def open(cls, data_dir: str | Path, config: CatalogConfig, encoder: "MultimodalEncoder | None" = None
-             ) -> "CatalogStore":
-        """Open the store in `data_dir` (creating it on first use) with the encoder the config names.
-        The encoder description is kept in `data_dir/catalog.json`: reopening with another encoder would
-        mix incomparable vectors, so it is refused."""
+    def open(cls, data_dir: str | Path, config: CatalogConfig, encoder: ItemEncoder | None = None) -> "CatalogStore":
+        """Open the store in `data_dir` (creating it on first use) with the item encoder the config names.
+        The vector space (recipe + encoders, `ItemEncoder.space`) is kept in `data_dir/catalog.json`:
+        reopening with another recipe or encoder would mix incomparable vectors, so it is refused."""
         data_dir = Path(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        encoder = encoder or load_encoder(config)
+        encoder = encoder or load_item_encoder(config)
         meta_file = data_dir / "catalog.json"
-        described = {"encoder": encoder.name, "dim": encoder.dim}
         if meta_file.exists():
             stored = json.loads(meta_file.read_text())
-            if stored.get("encoder") != encoder.name or stored.get("dim") != encoder.dim:
+            if stored.get("space") != encoder.space:
                 raise ValueError(
-                    f"{data_dir} was indexed with encoder {stored.get('encoder')} ({stored.get('dim')}-d); this "
-                    f"service is configured with {encoder.name} ({encoder.dim}-d). Use the same encoders or a new "
-                    f"data dir"
-                )
+                    f"{data_dir} holds vectors of space {stored.get('space')} (encoder {stored.get('encoder')}, "
+                    f"recipe {stored.get('recipe')}); this service makes space {encoder.space} (encoder "
+                    f"{encoder.name}, recipe {encoder.recipe.id}). Use the same encoders and recipe, or a new data dir")
         else:
-            meta_file.write_text(json.dumps({**described, "config": asdict(config)}, indent=2))
+            described = {"space": encoder.space, "encoder": encoder.name, "recipe": encoder.recipe.id,
+                         "dim": encoder.dim, "config": _jsonable_config(config)}
+            tmp = meta_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(described, indent=2))
+            tmp.replace(meta_file)
         dim = encoder.dim
         schema = CollectionSchema(text_dim=dim, image_dim=dim, fused_dim=dim, name=config.collection)
         if config.store == "edge":
@@ -193,7 +157,7 @@ class CatalogStore:
         if not items:
             return []
         with self._encode_lock:
-            out = self.encoder.encode([it.title for it in items], [it.image for it in items], errors="raise")
+            out = self.encoder.encode(items, errors="raise")
         now = int(time.time())
         points = []
         for i, it in enumerate(items):
@@ -259,14 +223,13 @@ class CatalogStore:
 
     def embed_query(self, text: str) -> np.ndarray:
         with self._encode_lock:
-            return self.encoder.text_encoder.encode([text], kind="query")[0]
+            return self.encoder.encode_query(text)
 
     def embed_image(self, image: ImageInput) -> np.ndarray:
         """An image in the shared space. Raises ImageDecodeError for undecodable input, ValueError if the
         service runs without an image encoder."""
         with self._encode_lock:
-            vectors, _ = self.encoder.image_vectors([image])
-        return vectors[0]
+            return self.encoder.encode_image(image)
 
     def search_vector(self, vector: np.ndarray, k: int, filter: Filter | None) -> list[Group]:
         return self.store.search_groups(vector, using="fused", k=k, filter=filter)
@@ -317,6 +280,13 @@ class CatalogStore:
         if self._indexing is not None:
             self._indexing.join()
         self.store.close()
+        self.encoder.close()
+
+
+def _jsonable_config(config: CatalogConfig) -> dict[str, Any]:
+    """The config as recorded in catalog.json (objects given instead of specs are named by their class)."""
+    return {k: (v if isinstance(v, (str, int, float, bool, type(None), list, tuple, dict)) else type(v).__name__)
+            for k, v in asdict(config).items()}
 
 
 def merge_filter(base: Filter | None, exclude_items: Sequence[str] = (), exclude_products: Sequence[str] = (), *,

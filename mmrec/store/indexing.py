@@ -25,7 +25,7 @@ def index_catalog(catalog: CatalogStore, items: Any, *, batch_size: int = 128, p
             ItemRecord(item_id=r["item_id"], title=r["title"], description=r.get("description"),
                        language=r.get("language"), market=r.get("market"), category=r.get("category"),
                        product_id=r.get("product_id"), price=r.get("price"), created_at=r.get("created_at"),
-                       image=r.get("image_path"))
+                       image=r.get("image_path"), attributes=r.get("attributes") or {})
             for r in todo[s : s + batch_size]])
     if todo:
         catalog.store.build_index()

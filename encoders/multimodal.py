@@ -6,7 +6,7 @@
   "image_features" (n, d) the image backbone's own features (NaN rows likewise): visual look-alikes
   "fused"          (n, D) normalise(text_weight * text + image_weight * image), from whatever is present
   "has_image"      (n,) bool; "image_errors": {row: message} for images that could not be decoded.
-The image->text mapping mixes three parts (weights in FusionConfig): the adapter's trained network, the
+The image->text mapping mixes three parts (weights in ModalityMix): the adapter's trained network, the
 adapter's memory of its training catalog (what look-alike products are called), and the training-free
 ImageNet class-name bridge. The bridge keeps product types the adapter never saw from collapsing onto the
 nearest trained ones (measured with whole Unicode subgroups held out: bridge alone R@10 0.38, adapter
@@ -15,14 +15,15 @@ network alone 0.24, the default mix 0.43; bench/encoders_crossmodal.py).
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
+import json
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
+from cachetools import LRUCache
 
 from encoders.adapter import ImageTextAdapter
-from encoders.base import ImageDecodeError, ImageEncoder, ImageInput, TextEncoder
+from encoders.base import ImageDecodeError, ImageEncoder, ImageInput, TextEncoder, l2_normalize
 from encoders.bridge import ClassNameBridge
 from encoders.image import OpenClipEncoder, OpenClipTextEncoder, open_image
 
@@ -34,12 +35,8 @@ def _pixel_digest(image: Any) -> bytes:
     return h.digest()
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 @dataclass
-class FusionConfig:
+class ModalityMix:
     """How an item's text and image vectors become one.
 
     text_weight, image_weight: weights of the two (L2-normalised) modality vectors in the fused sum; an item
@@ -63,11 +60,11 @@ class FusionConfig:
     def __post_init__(self) -> None:
         for name in ("text_weight", "image_weight", "network_weight", "memory_weight", "bridge_weight"):
             if getattr(self, name) < 0:
-                raise ValueError(f"FusionConfig.{name} must be >= 0")
+                raise ValueError(f"ModalityMix.{name} must be >= 0")
         if self.text_weight == 0 and self.image_weight == 0:
-            raise ValueError("FusionConfig: text_weight and image_weight cannot both be 0")
+            raise ValueError("ModalityMix: text_weight and image_weight cannot both be 0")
         if self.text_kind not in ("passage", "query"):
-            raise ValueError("FusionConfig.text_kind must be 'passage' or 'query'")
+            raise ValueError("ModalityMix.text_kind must be 'passage' or 'query'")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,13 +78,15 @@ class MultimodalEncoder:
     text encoder) pair and/or the class-name bridge maps them.
     """
 
+    IMAGE_CACHE_SIZE = 4096  # distinct images kept (~10 KB each with EfficientNet-Lite0 features)
+
     def __init__(self, text_encoder: TextEncoder, image_encoder: ImageEncoder | None = None,
-                 adapter: ImageTextAdapter | None = None, config: FusionConfig | None = None,
+                 adapter: ImageTextAdapter | None = None, mix: ModalityMix | None = None,
                  bridge: ClassNameBridge | None = None):
         self.text_encoder = text_encoder
         self.image_encoder = image_encoder
         self.adapter = adapter
-        self.config = config or FusionConfig()
+        self.mix = mix or ModalityMix()
         self.dim = int(text_encoder.dim)
         self.native = (isinstance(image_encoder, OpenClipEncoder) and isinstance(text_encoder, OpenClipTextEncoder)
                        and text_encoder._clip.model is image_encoder.model)
@@ -95,7 +94,7 @@ class MultimodalEncoder:
         self._use_adapter = False
         # image pixels digest -> (vector, features): a product listed in 14 languages shares one image,
         # which is encoded once, not 14 times (the image backbone is most of the cost of embedding)
-        self._image_cache: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._image_cache: LRUCache[bytes, tuple[np.ndarray, np.ndarray]] = LRUCache(self.IMAGE_CACHE_SIZE)
         if image_encoder is None or self.native:
             return
         if adapter is not None:
@@ -103,10 +102,10 @@ class MultimodalEncoder:
             if adapter.out_dim != self.dim:
                 raise ValueError(f"adapter outputs {adapter.out_dim}-d vectors, text encoder {text_encoder.name} "
                                  f"is {self.dim}-d")
-        use_adapter = adapter is not None and (self.config.network_weight > 0 or
-                                               (self.config.memory_weight > 0 and adapter.has_memory))
+        use_adapter = adapter is not None and (self.mix.network_weight > 0 or
+                                               (self.mix.memory_weight > 0 and adapter.has_memory))
         self._use_adapter = use_adapter
-        wants_bridge = self.config.bridge_weight > 0 or not use_adapter
+        wants_bridge = self.mix.bridge_weight > 0 or not use_adapter
         if wants_bridge and hasattr(image_encoder, "encode_full"):
             self.bridge = bridge or ClassNameBridge(text_encoder, image_encoder.class_names())
         if not use_adapter and self.bridge is None:
@@ -125,7 +124,18 @@ class MultimodalEncoder:
                 "adapter": None if self.adapter is None else {
                     "image_encoder": self.adapter.image_encoder, "text_encoder": self.adapter.text_encoder,
                     "config": self.adapter.config.to_dict(), "catalog": self.adapter.meta.get("catalog")},
-                "native_clip": self.native, "fusion": self.config.to_dict()}
+                "native_clip": self.native, "fusion": self.mix.to_dict()}
+
+    def identity(self) -> str:
+        """A hash of everything that determines the vectors: encoder versions, the adapter's weights, the
+        mix. Equal identities give equal vectors for equal inputs (embedding caches key on it)."""
+        desc = self.describe()
+        desc["text_version"] = str(getattr(self.text_encoder, "version", None) or self.text_encoder.name)
+        if self.image_encoder is not None:
+            desc["image_version"] = str(getattr(self.image_encoder, "version", None) or self.image_encoder.name)
+        if self.adapter is not None:
+            desc["adapter_weights"] = self.adapter.weights_digest()
+        return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------------------------------ images
     def image_vectors(self, images: Sequence[ImageInput], *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +152,7 @@ class MultimodalEncoder:
         else:
             feats, probs, descs = enc.encode(images, progress=progress), None, None
         bridge = self.bridge.transform(probs) if self.bridge is not None and probs is not None else None
-        cfg = self.config
+        cfg = self.mix
         if not self._use_adapter:
             return bridge, feats
         if descs is not None and self.adapter.has_memory and descs.shape[1] != self.adapter.key_dim:
@@ -151,23 +161,17 @@ class MultimodalEncoder:
                                          memory_weight=cfg.memory_weight, bridge_weight=cfg.bridge_weight)
         return vec, feats
 
-    IMAGE_CACHE_SIZE = 4096  # images kept (~10 KB each with EfficientNet-Lite0 features)
-
     def _cached_image_vectors(self, images: Sequence[Any], *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """`image_vectors` for decoded images, each distinct picture (by pixel digest) encoded once, and
         recently seen ones not again: identical pixels give identical vectors, so this changes no result."""
         keys = [_pixel_digest(img) for img in images]
-        todo = list(dict.fromkeys(k for k in keys if k not in self._image_cache))
+        found = {k: self._image_cache[k] for k in dict.fromkeys(keys) if k in self._image_cache}
+        todo = [k for k in dict.fromkeys(keys) if k not in found]
         if todo:
             first = {k: i for i, k in reversed(list(enumerate(keys)))}
             vecs, feats = self.image_vectors([images[first[k]] for k in todo], progress=progress)
             for k, v, f in zip(todo, vecs, feats):
-                self._image_cache[k] = (v, f)
-        found = {k: self._image_cache[k] for k in dict.fromkeys(keys)}  # before evicting: this call needs them
-        for k in found:
-            self._image_cache.move_to_end(k)
-        while len(self._image_cache) > self.IMAGE_CACHE_SIZE:
-            self._image_cache.popitem(last=False)
+                found[k] = self._image_cache[k] = (v, f)
         return np.stack([found[k][0] for k in keys]), np.stack([found[k][1] for k in keys])
 
     # ---------------------------------------------------------------------------------------- encode
@@ -182,7 +186,7 @@ class MultimodalEncoder:
             images = [None] * n
         if len(images) != n:
             raise ValueError(f"{n} titles but {len(images)} images")
-        cfg = self.config
+        cfg = self.mix
         text = np.full((n, self.dim), np.nan, dtype=np.float32)
         has_text = np.array([isinstance(t, str) and t.strip() != "" for t in titles])
         if has_text.any():
@@ -220,7 +224,7 @@ class MultimodalEncoder:
         fused[has_text & ~has_image] = text[has_text & ~has_image]  # one modality: that modality alone
         fused[has_image & ~has_text] = image[has_image & ~has_text]
         if cfg.normalize:
-            fused = _normalise(fused)
+            fused = l2_normalize(fused)
         fused[~(has_text | has_image)] = np.nan
         return {"text": text, "image": image, "image_features": features, "fused": fused,
                 "has_image": has_image, "image_errors": errs}
