@@ -146,9 +146,9 @@ def throughput(n: int, batch: int) -> dict:
     e5, e5q, use = load_text_encoder("e5-small"), load_text_encoder("e5-small:int8"), load_text_encoder("use-m3")
 
     def raw_e5(model_enc):
-        def run():  # the plain transformers call a user would write: tokenize, forward, mean-pool, normalise
-            for s in range(0, len(texts), batch):
-                model_enc.forward(["passage: " + t for t in texts[s:s + batch]])
+        def run():  # the plain sentence-transformers call a user would write
+            model_enc.model.encode(["passage: " + t for t in texts], batch_size=batch, normalize_embeddings=True,
+                                   show_progress_bar=False)
         return run
 
     def raw_use():

@@ -14,7 +14,7 @@ _IMAGE_EXPORTS: dict[str, str] = {
 # --- text side: text encoders by spec, the e5 rebuild, the cross-lingual head, batch embedding + cache
 _TEXT_EXPORTS: dict[str, str] = {
     "load_text_encoder": "encoders.text", "TextEncoderError": "encoders.text",
-    "TransformerMeanEncoder": "encoders.text", "USEEncoder": "encoders.text", "ConcatEncoder": "encoders.text",
+    "USEEncoder": "encoders.text", "ConcatEncoder": "encoders.text",
     "SentenceTransformerEncoder": "encoders.text", "encoder_version": "encoders.text",
     "BatchEmbedder": "encoders.batch", "EmbedStats": "encoders.batch", "EmbeddingCache": "encoders.cache",
     "torch_threads": "encoders.threads", "l2_normalize": "encoders.base",

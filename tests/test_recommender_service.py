@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from test_service_http import REPO, Server  # `mmrec serve` (use-m3 text) in a subprocess on a free port
+from service_support import REPO, Server  # `mmrec serve` (use-m3 text) in a subprocess on a free port
 
 MARKETS = ("US", "DE", "JP")
 
@@ -55,7 +55,7 @@ def served(tmp_path_factory, emoji_market):
     ckpt = rec.save(root / "model.pt")
     srv = Server(data, "--image-encoder", "none", "--model", str(ckpt))
     by_id = {r["item_id"]: r for r in rows}
-    yield srv.client, by_id, root
+    yield srv.client, by_id, root, events
     srv.stop()
 
 
@@ -68,7 +68,7 @@ def _subgroup(by_id, result: dict) -> str:
 
 
 def test_a_product_upserted_a_second_ago_comes_back(served):
-    api, by_id, _ = served
+    api, by_id, _, _ = served
     new = [{"item_id": "new:grapes-bio:de", "product_id": "new:grapes-bio", "title": "Bio-Weintrauben, frisch und süß",
             "language": "de", "market": "DE", "category": "Food & Drink/food-fruit"},
            {"item_id": "new:football:de", "product_id": "new:football", "title": "Fußball aus Leder",
@@ -86,7 +86,7 @@ def test_a_product_upserted_a_second_ago_comes_back(served):
 
 
 def test_an_event_changes_the_next_recommendation(served):
-    api, by_id, _ = served
+    api, by_id, _, _ = served
     user = "fusion-shopper"
     fruit = [_listing(by_id, p, "US") for p in ("emoji:1f347", "emoji:1f34c", "emoji:1f34e")]  # grapes, banana, apple
     events = [{"user_id": user, "item_id": i, "kind": "view", "timestamp": 1_800_000_000 + 60 * n}
@@ -105,7 +105,7 @@ def test_an_event_changes_the_next_recommendation(served):
 
 
 def test_a_history_in_one_market_is_served_in_another(served):
-    api, by_id, _ = served
+    api, by_id, _, _ = served
     history = [_listing(by_id, p, "DE") for p in ("emoji:1f347", "emoji:1f34c")]
     body = api.post("/recommend", json={"history": history, "k": 10, "market": "JP"}).json()
     assert len(body["results"]) == 10 and {r["market"] for r in body["results"]} == {"JP"}
@@ -119,7 +119,7 @@ def test_a_checkpoint_from_another_vector_space_is_refused(served, tmp_path):
     from mmrec.model.transformer import FusionConfig, FusionTransformer
     from mmrec.model import save_checkpoint
 
-    _, _, root = served
+    _, _, root, _ = served
     other = save_checkpoint(tmp_path / "other.pt", FusionTransformer(FusionConfig(content_dim=512)), id_items=[],
                             vectors_version="0123456789abcdef")
     proc = subprocess.run([sys.executable, "-m", "mmrec.cli", "serve", "--port", "0", "--data-dir",
@@ -127,3 +127,32 @@ def test_a_checkpoint_from_another_vector_space_is_refused(served, tmp_path):
                            "--model", str(other)], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 2
     assert "trained on vector space" in proc.stderr
+
+
+def test_a_checkpoint_holds_nothing_of_its_users(served):
+    """What erasure has to know (SECURITY.md): the fusion model has no per-user parameters. A user is only
+    ever the sequence of their events, read at request time; the checkpoint keeps the config, the weights
+    (no table indexed by user), the item/product ID vocabulary and a training report."""
+    import torch
+
+    _, _, root, events = served
+    users = set(events["user_id"])
+    payload = torch.load(root / "model.pt", map_location="cpu", weights_only=True)
+    assert set(payload) == {"format", "config", "state_dict", "id_items", "id_key", "vectors_version", "extra"}
+    assert not any("user" in name for name in payload["state_dict"])
+    n_ids = len(payload["id_items"]) + 1
+    for name, tensor in payload["state_dict"].items():  # no dimension grows with the number of users
+        assert len(users) not in tensor.shape or len(users) == n_ids, name
+
+    def strings(x):
+        if isinstance(x, str):
+            yield x
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                yield from strings(k)
+                yield from strings(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                yield from strings(v)
+
+    assert users.isdisjoint(strings({k: v for k, v in payload.items() if k != "state_dict"}))

@@ -45,3 +45,42 @@ def test_unreadable_lines_are_skipped(tmp_path):
     log = EventLog(path)
     assert [e.item_id for e in log.history("u")] == ["a", "c"]
     log.close()
+
+
+def test_forgetting_a_user_rewrites_the_file_without_them(tmp_path):
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path)
+    log.append([Event("keep-me", "a", 1), Event("erase-me", "a", 2), Event("erase-me", "b", 3), Event("keep-me", "b", 4)])
+    assert log.forget_user("erase-me") == 2 and log.forget_user("erase-me") == 0 and log.forget_user("nobody") == 0
+    assert log.history("erase-me") == [] and len(log) == 2 and log.users == 1
+    log.append([Event("keep-me", "c", 5)])  # appends go on into the new file
+    log.close()
+    assert b"erase-me" not in path.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.jsonl", "events.jsonl.lock"]  # no temp file left
+    again = EventLog(path)
+    assert [e.item_id for e in again.history("keep-me")] == ["a", "b", "c"] and again.history("erase-me") == []
+    again.close()
+
+
+def test_forgetting_an_item_drops_its_events(tmp_path):
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path)
+    log.append([Event("u", "deleted", 1), Event("u", "kept", 2), Event("v", "deleted", 3)])
+    assert log.forget_item("deleted") == 2 and log.forget_item("deleted") == 0
+    assert [e.item_id for e in log.history("u")] == ["kept"] and log.users == 1
+    log.close()
+    assert b"deleted" not in path.read_bytes()
+
+
+def test_one_process_per_event_log(tmp_path):
+    """A second opener (another `mmrec serve`, or `mmrec users delete` while a service runs) is refused:
+    rewriting the file under a running service would lose its appends."""
+    import pytest
+
+    from mmrec.serving.event_log import EventLogInUse
+
+    log = EventLog(tmp_path / "events.jsonl")
+    with pytest.raises(EventLogInUse):
+        EventLog(tmp_path / "events.jsonl")
+    log.close()
+    EventLog(tmp_path / "events.jsonl").close()

@@ -1,19 +1,32 @@
-"""`mmrec serve --host 127.0.0.1 --port 8000 --data-dir DIR`: the HTTP service (OpenAPI docs at /docs).
+"""`mmrec serve --data-dir DIR [--api-key KEY]`: the HTTP service (OpenAPI docs at /docs).
 
 A new DIR starts empty; an existing one is reopened with everything acknowledged before (items in the
-vector store's write-ahead log, events in DIR/events.jsonl). One process per DIR with the edge store.
+vector store's write-ahead log, events in DIR/events.jsonl). One process per DIR.
+
+Without API keys anyone who reaches the port can read and write everything, so the service then binds
+to loopback only and refuses another --host unless --insecure says that is meant. Keys come from
+--api-key / --read-only-api-key, from files (--api-key-file: not visible in `ps`), or from the
+environment (MMREC_API_KEY / MMREC_READ_ONLY_API_KEY). See SECURITY.md.
 """
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import os
+from pathlib import Path
 
 from mmrec.errors import UserError
 
+log = logging.getLogger(__name__)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from mmrec.serving.api.settings import DEFAULT_MAX_BODY_BYTES
+
     parser = sub.add_parser("serve", help="run the search/recommendation HTTP service")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind; anything but loopback needs --api-key (or --insecure)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--data-dir", required=True, help="where items, vectors and events are kept")
     parser.add_argument("--text-encoder", default="default", help="text encoder spec (see encoders/text.py)")
@@ -29,32 +42,118 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=None,
                         help="fusion-transformer checkpoint (mmrec train) behind POST /recommend; "
                              "without it recommendations are content-based")
-    parser.add_argument("--access-log", action="store_true", help="log every request")
+    security = parser.add_argument_group("security (see SECURITY.md)")
+    security.add_argument("--api-key", default=None,
+                          help="key for every call but /healthz (header 'api-key: KEY' or 'Authorization: Bearer "
+                               "KEY'); default: $MMREC_API_KEY")
+    security.add_argument("--read-only-api-key", default=None,
+                          help="key that may only read (a write with it is 403); default: $MMREC_READ_ONLY_API_KEY")
+    security.add_argument("--api-key-file", type=Path, default=None, help="read --api-key from this file")
+    security.add_argument("--read-only-api-key-file", type=Path, default=None,
+                          help="read --read-only-api-key from this file")
+    security.add_argument("--insecure", action="store_true",
+                          help="allow a non-loopback --host without API keys (anyone reaching it may write)")
+    security.add_argument("--allowed-hosts", default=None,
+                          help="comma-separated Host header names served, or '*'; default: the loopback names "
+                               "when bound to loopback, else '*'")
+    security.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                          help="a web origin (https://shop.example) allowed to call the API from a browser; repeatable")
+    security.add_argument("--image-root", type=Path, default=None,
+                          help="the directory `image_path` in POST /items may name files in; without it "
+                               "`image_path` is refused (send image_base64)")
+    security.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                          help=f"larger request bodies are answered 413 unread (default {DEFAULT_MAX_BODY_BYTES})")
+    security.add_argument("--no-docs", action="store_true", help="do not serve /docs, /redoc and /openapi.json")
+    parser.add_argument("--access-log", action="store_true", help="log every request (paths carry item and user ids)")
     parser.set_defaults(func=run)
+
+
+def _key(value: str | None, file: Path | None, env: str, flag: str) -> str | None:
+    if value is not None and file is not None:
+        raise UserError(f"give {flag} or {flag}-file, not both")
+    if file is not None:
+        try:
+            value = file.read_text().strip()
+        except OSError as exc:
+            raise UserError(f"cannot read {flag}-file {file}: {exc.strerror}") from None
+    elif value is None:
+        value = os.environ.get(env) or None
+    if value is not None and len(value) < 16:
+        raise UserError(f"{flag} is too short: use at least 16 characters (e.g. `openssl rand -hex 32`)")
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def settings_from_args(args: argparse.Namespace):
+    """The service settings the flags ask for; refuses an unauthenticated service off loopback."""
+    from mmrec.serving.api.settings import LOOPBACK_HOSTS, ServiceSettings
+
+    api_key = _key(args.api_key, args.api_key_file, "MMREC_API_KEY", "--api-key")
+    read_only = _key(args.read_only_api_key, args.read_only_api_key_file, "MMREC_READ_ONLY_API_KEY",
+                     "--read-only-api-key")
+    loopback = is_loopback(args.host)
+    if api_key is None and not loopback and not args.insecure:
+        raise UserError(f"refusing to serve {args.host} without an API key: anyone reaching it could read and "
+                        f"change everything. Set --api-key (or MMREC_API_KEY), bind to 127.0.0.1, or pass --insecure")
+    if args.allowed_hosts is not None:
+        hosts = tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip())
+        if not hosts:
+            raise UserError("--allowed-hosts is empty")
+    else:
+        hosts = LOOPBACK_HOSTS if loopback else ("*",)
+    image_root = None
+    if args.image_root is not None:
+        if not args.image_root.is_dir():
+            raise UserError(f"--image-root {args.image_root} is not a directory")
+        image_root = args.image_root.resolve()
+    try:
+        return ServiceSettings(api_key=api_key, read_only_api_key=read_only, allowed_hosts=hosts,
+                               cors_origins=tuple(args.cors_origin), image_root=image_root,
+                               max_body_bytes=args.max_body_bytes, docs=not args.no_docs)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from index import SchemaError, StoreError
+    from mmrec.serving.app import create_app, open_services
+    from mmrec.serving.event_log import EventLogInUse
     from mmrec.store.catalog_store import CatalogConfig
-    from mmrec.serving.app import open_service
 
     if args.store == "server" and not args.qdrant_url:
         raise UserError("--store server needs --qdrant-url http://host:6333")
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be 0..65535, got {args.port}")
+    settings = settings_from_args(args)  # before the models load: a refused start is immediate
     image_encoder = None if args.image_encoder.lower() in ("none", "") else args.image_encoder
     adapter = None if args.adapter.lower() in ("none", "") else args.adapter
     config = CatalogConfig(text_encoder=args.text_encoder, image_encoder=image_encoder, adapter=adapter,
                            store=args.store, store_url=args.qdrant_url, collection=args.collection)
     try:
-        app = open_service(args.data_dir, config, model=args.model)
-    except (StoreError, SchemaError, ValueError, OSError) as exc:
+        services = open_services(args.data_dir, config, model=args.model)
+    except (StoreError, SchemaError, EventLogInUse, ValueError, OSError) as exc:
         raise UserError(str(exc)) from None
     except (RuntimeError, ImportError) as exc:  # encoder specs that cannot be loaded here
         raise UserError(f"cannot load the encoders ({args.text_encoder!r}, {args.image_encoder!r}): {exc}") from None
+    app = create_app(services, settings)
+    if settings.auth:
+        log.info("API keys required (%s)", "read-write and read-only" if settings.read_only_api_key else "read-write")
+    elif is_loopback(args.host):
+        log.info("no API keys: serving loopback only (%s)", args.host)
+    else:
+        log.warning("--insecure: serving %s WITHOUT API keys; anyone who reaches it can read and change everything",
+                    args.host)
     level = logging.getLogger().getEffectiveLevel()
-    uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log,
+    uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, server_header=False,
                 log_level="debug" if level <= logging.DEBUG else "info")
     return 0
