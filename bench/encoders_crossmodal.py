@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from encoders.adapter import AdapterConfig, catalog_image_features, train_adapter  # noqa: E402
+from encoders.adapter import AdapterConfig  # noqa: E402
+from encoders.adapter_training import catalog_image_features, train_adapter  # noqa: E402
 from encoders.bridge import ClassNameBridge  # noqa: E402
 from encoders.multimodal import ModalityMix  # noqa: E402
 from encoders.image import load_image_encoder  # noqa: E402

@@ -5,8 +5,9 @@ _IMAGE_EXPORTS: dict[str, str] = {
     "load_image_encoder": "encoders.image", "EfficientNetLiteEncoder": "encoders.image",
     "OpenClipEncoder": "encoders.image", "OpenClipTextEncoder": "encoders.image",
     "ModelUnavailableError": "encoders.image", "open_image": "encoders.image",
-    "ImageTextAdapter": "encoders.adapter", "AdapterConfig": "encoders.adapter", "train_adapter": "encoders.adapter",
-    "fit_catalog_adapter": "encoders.adapter", "CatalogProduct": "encoders.adapter",
+    "ImageTextAdapter": "encoders.adapter", "AdapterConfig": "encoders.adapter",
+    "train_adapter": "encoders.adapter_training", "fit_catalog_adapter": "encoders.adapter_training",
+    "CatalogProduct": "encoders.adapter_training", "augment": "encoders.augment", "render_views": "encoders.augment",
     "ClassNameBridge": "encoders.bridge", "MultimodalEncoder": "encoders.multimodal", "ModalityMix": "encoders.multimodal",
 }
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mmrec.errors import UserError
+from mmrec.store.indexing import index_catalog, stored_vectors  # noqa: F401 - moved in 0.2, kept here for one release
 
 DATASET = "emoji-market"
 METRICS = ("ndcg@10", "recall@10", "mrr@10")
@@ -81,7 +82,6 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
     from mmrec.store.catalog_store import CatalogConfig, CatalogStore
     from mmrec.model.transformer import FusionConfig
     from mmrec.serving.two_stage import load_ranker
-    from mmrec.store.indexing import index_catalog, stored_vectors
     from mmrec.model import FusionRecommender, TrainConfig
 
     torch.set_num_threads(config.threads)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoders.adapter import (AdapterConfig, ImageTextAdapter, augment, catalog_image_features,
-                              render_views, train_adapter)
+from encoders.adapter import AdapterConfig, ImageTextAdapter
+from encoders.adapter_training import catalog_image_features, train_adapter
+from encoders.augment import augment, render_views
 from encoders.base import ImageDecodeError
 from encoders.bridge import ClassNameBridge
 from encoders.multimodal import ModalityMix, MultimodalEncoder

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from encoders.adapter import CatalogProduct
+from encoders.adapter_training import CatalogProduct
 from mmrec.data.io import load_catalog
 from mmrec.errors import UserError
 

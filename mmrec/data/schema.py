@@ -90,30 +90,3 @@ EVENT_FEATURES = datasets.Features(
         "session_id": datasets.Value("string"),
     }
 )
-
-
-def items_to_dataset(items: list[Item]) -> datasets.Dataset:
-    """Build an items `Dataset` from dataclass rows (small catalogs, tests, the service)."""
-    rows = [it.to_row() for it in items]
-    return datasets.Dataset.from_list(rows, features=ITEM_FEATURES)
-
-
-def events_to_dataset(events: list[Event]) -> datasets.Dataset:
-    return datasets.Dataset.from_list([e.to_row() for e in events], features=EVENT_FEATURES)
-
-
-def item_from_row(row: dict[str, Any]) -> Item:
-    attrs = row.get("attributes") or "{}"
-    return Item(
-        item_id=row["item_id"],
-        title=row["title"],
-        description=row.get("description"),
-        language=row.get("language"),
-        market=row.get("market"),
-        category=row.get("category"),
-        image_path=row.get("image_path"),
-        price=row.get("price"),
-        attributes=json.loads(attrs) if isinstance(attrs, str) else dict(attrs),
-        product_id=row.get("product_id"),
-        created_at=row.get("created_at"),
-    )

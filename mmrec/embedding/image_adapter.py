@@ -16,7 +16,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from encoders.adapter import AdapterConfig, CatalogProduct, ImageTextAdapter, fit_catalog_adapter
+from encoders.adapter import AdapterConfig, ImageTextAdapter
+from encoders.adapter_training import CatalogProduct, fit_catalog_adapter
 from encoders.image import DEFAULT_IMAGE_ENCODER, load_image_encoder
 from encoders.text import encoder_version
 from mmrec.data.catalog import group_products, load_catalog_items
