@@ -9,7 +9,7 @@ import sys
 from mmrec.errors import UserError
 
 # Modules under mmrec.commands; each defines register(subparsers) and sets `func` on its parser.
-COMMANDS: tuple[str, ...] = ("datasets", "demo", "serve", "users", "evaluate", "train_adapter", "train_text", "train", "embed")
+COMMANDS: tuple[str, ...] = ("datasets", "demo", "serve", "users", "evaluate", "train_adapter", "train_text", "train", "embed", "index")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -136,3 +136,34 @@ def test_store_and_checkpoint_from_another_recipe_are_refused(catalog, tmp_path,
         other.close()
     with pytest.raises(ValueError, match="recipe"):  # reopening a store with another recipe
         CatalogStore.open(tmp_path / "a", with_category)
+
+
+def test_mmrec_index_fills_a_data_dir_with_the_same_vectors(catalog, tmp_path, monkeypatch, capsys):
+    import mmrec
+    from mmrec.cli import main
+    from mmrec.model.vectors import store_vectors
+
+    monkeypatch.setenv("MMREC_CACHE", str(tmp_path / "cache"))
+    _, items = catalog
+    path = tmp_path / "catalog.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in items))
+    args = ["index", str(path), "--data-dir", str(tmp_path / "data"), "--text-encoder", TEXT, "--image-encoder", "none",
+            "--no-progress"]
+    assert main(args) == 0 and "3 listings embedded" in capsys.readouterr().out
+    assert main(args) == 0 and "0 listings embedded and indexed, 3 already" in capsys.readouterr().out  # resumable
+    embedded = mmrec.embed(items, text_encoder=TEXT, image_encoder=None, progress=False)
+    stored = store_vectors(items, tmp_path / "data", progress=False)
+    assert (_cos(np.array(embedded["fused_vector"], dtype=np.float32), stored.vectors) >= 0.9999).all()
+    assert main([*args[:-1], "--text-fields", "title,category"]) == 2  # another recipe: refused, one line
+
+
+def test_train_drops_events_of_items_the_catalog_lacks(capsys):
+    import datasets
+
+    from mmrec.commands.train import _known_items_only
+
+    items = datasets.Dataset.from_list([{"item_id": "a"}, {"item_id": "b"}])
+    events = datasets.Dataset.from_list([{"user_id": "u", "item_id": i} for i in ("a", "x", "b", "x", "y")])
+    kept = _known_items_only(events, items)
+    assert kept["item_id"] == ["a", "b"]
+    assert "dropped 3 events naming 2 item ids" in capsys.readouterr().out

@@ -85,9 +85,26 @@ def _load_data(args: argparse.Namespace):
             raise UserError("--items needs --events")
         items = load_catalog(args.items)[0]
         events = load_events(args.events, items=items)[0]
+    events = _known_items_only(events, items)
     if len(events) == 0:
         raise UserError("no events to train on")
     return items, events
+
+
+def _known_items_only(events, items):
+    """Events whose item is in the catalog: the rest are counted, reported and dropped before any expensive
+    work (a built-in dataset's events can name products its catalog lacks, and so can a user's)."""
+    import numpy as np
+
+    known = set(items["item_id"])
+    ids = events["item_id"]
+    keep = np.fromiter((i in known for i in ids), dtype=bool, count=len(ids))
+    if not keep.all():
+        missing = sorted({i for i, k in zip(ids, keep) if not k})
+        print(f"dropped {int((~keep).sum()):,} events naming {len(missing):,} item ids the catalog lacks, "
+              f"e.g. {', '.join(map(repr, missing[:3]))}")
+        events = events.select(np.flatnonzero(keep))
+    return events
 
 
 def run(args: argparse.Namespace) -> int:

@@ -76,14 +76,13 @@ class TwoStageRecommender:
 
     def __init__(self, model: FusionTransformer, id_items: Sequence[str], store: VectorStore,
                  config: ServingConfig | None = None, *, id_key: str = "item", vectors_version: str = "",
-                 num_threads: int = 1) -> None:
+                 ) -> None:
         self.model = model.eval()
         self.store = store
         self.config = config or ServingConfig()
         self.ids_of = {str(x): k + 1 for k, x in enumerate(id_items)}
         self.id_key = id_key  # "product": all listings of a product share its ID row
         self.vectors_version = vectors_version
-        self.num_threads = num_threads
         if store.schema.vectors.get(self.config.using) != model.cfg.content_dim:
             raise ValueError(
                 f"the model reads {model.cfg.content_dim}-d content vectors but the store's "
@@ -150,12 +149,9 @@ class TwoStageRecommender:
         if k < 1:
             raise ValueError(f"k must be positive, got {k}")
         t0 = time.perf_counter()
-        prev = torch.get_num_threads()
-        torch.set_num_threads(self.num_threads)
-        try:
+        try:  # torch's thread count is the process's (set once at start), never changed per request
             return self._recommend(_as_events(history), k, filter, market, set(negatives))
         finally:
-            torch.set_num_threads(prev)
             log.debug("recommend: %.1f ms", 1000 * (time.perf_counter() - t0))
 
     def _recommend(self, events: list[Event], k: int, flt: Filter | None, market: str | None,
