@@ -24,7 +24,7 @@ _LAZY = {
     "EncoderConfig": "mmrec.embedding.item_encoder", "load_item_encoder": "mmrec.embedding.item_encoder",
     "load_text_encoder": "mmrec.embedding.text_model",
     "CatalogStore": "mmrec.store.catalog_store", "CatalogConfig": "mmrec.store.catalog_store",
-    "ItemRecord": "mmrec.store.catalog_store",
+    "ItemRecord": "mmrec.store.catalog_store",  # = Item, the 0.1 name; kept one release
     "index_catalog": "mmrec.store.indexing", "stored_vectors": "mmrec.store.indexing",
     "FusionConfig": "mmrec.model.transformer", "FusionTransformer": "mmrec.model.transformer",
     "FusionRecommender": "mmrec.model.recommender", "TrainConfig": "mmrec.model.training",

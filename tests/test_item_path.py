@@ -107,11 +107,12 @@ def test_store_and_checkpoint_from_another_recipe_are_refused(catalog, tmp_path,
     from mmrec.model import FusionConfig, FusionTransformer, save_checkpoint
     from mmrec.model.vectors import store_vectors
     from mmrec.serving.two_stage import load_ranker
-    from mmrec.store.catalog_store import CatalogConfig, CatalogStore, ItemRecord
+    from mmrec.data.schema import Item
+    from mmrec.store.catalog_store import CatalogConfig, CatalogStore
 
     monkeypatch.setenv("MMREC_CACHE", str(tmp_path / "cache"))
     _, items = catalog
-    records = [ItemRecord(item_id=r["item_id"], title=r["title"], description=r["description"],
+    records = [Item(item_id=r["item_id"], title=r["title"], description=r["description"],
                           category=r["category"], product_id=r["product_id"], market=r["market"]) for r in items]
     plain = CatalogConfig(text_encoder=TEXT, image_encoder=None, adapter=None)
     with_category = CatalogConfig(text_encoder=TEXT, image_encoder=None, adapter=None, recipe=FIELDS)

@@ -17,10 +17,13 @@ EVENT_KINDS: tuple[str, ...] = ("view", "click", "cart", "purchase", "rating")
 
 @dataclass
 class Item:
-    """One catalog row: a product as listed in one market/language.
+    """One catalog item: a product as listed in one market/language, from a catalog file or a service upsert.
 
     `product_id` ties together the rows of the same product listed in several languages; it defaults to
-    `item_id` for single-language catalogs. `created_at` (unix seconds) drives cold-start splits.
+    `item_id` for single-language catalogs. `created_at` (unix seconds) drives cold-start splits. The image
+    is `image_path`, or `image` (encoded bytes or a PIL image, e.g. from an upload; kept in memory only, never
+    written to a row). `attributes` are free fields (a dict, or their JSON as stored in a row); the item
+    recipe reads `alt_title` and `year` from them.
     """
 
     item_id: str
@@ -31,14 +34,17 @@ class Item:
     category: str | None = None
     image_path: str | None = None
     price: float | None = None
-    attributes: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, Any] | str = field(default_factory=dict)
     product_id: str | None = None
     created_at: int | None = None
+    in_stock: bool = True
+    image: Any = field(default=None, repr=False)
 
     def to_row(self) -> dict[str, Any]:
-        row = asdict(self)
+        row = {k: v for k, v in asdict(self).items() if k != "image"}
         row["product_id"] = self.product_id or self.item_id
-        row["attributes"] = json.dumps(self.attributes, ensure_ascii=False, sort_keys=True)
+        if not isinstance(self.attributes, str):
+            row["attributes"] = json.dumps(self.attributes, ensure_ascii=False, sort_keys=True)
         return row
 
 

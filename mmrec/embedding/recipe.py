@@ -28,7 +28,7 @@ DEFAULT_FIELDS = ("title", "alt_title", "year", "description")
 
 
 def field_of(item: Any, name: str) -> Any:
-    """A field of an item given as a dict/row, an `mmrec.Item`, a service `ItemRecord` or any object."""
+    """A field of an item given as a dict/row, an `mmrec.Item` or any object with those attributes."""
     if isinstance(item, Mapping):
         return item.get(name)
     return getattr(item, name, None)

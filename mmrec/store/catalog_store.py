@@ -21,6 +21,7 @@ from cachetools import LRUCache
 from encoders.base import ImageInput
 from index import CollectionSchema, Filter, Group, Point, VectorStore, open_store
 from index.store import average_vector_query
+from mmrec.data.schema import Item
 from mmrec.embedding.item_encoder import EncoderConfig, ItemEncoder, load_item_encoder
 
 log = logging.getLogger(__name__)
@@ -44,22 +45,7 @@ class CatalogConfig(EncoderConfig):
     reindex_every: int = 5_000
 
 
-@dataclass
-class ItemRecord:
-    """One item as the service receives it (already validated for types and sizes)."""
-
-    item_id: str
-    title: str
-    description: str | None = None
-    language: str | None = None
-    market: str | None = None
-    category: str | None = None
-    product_id: str | None = None
-    price: float | None = None
-    in_stock: bool = True
-    created_at: int | None = None
-    image: ImageInput | None = None
-    attributes: dict[str, Any] | str = field(default_factory=dict)  # free fields (or their JSON); the recipe reads alt_title, year
+ItemRecord = Item  # the 0.1 name of an upserted item: one item class now (`mmrec.Item`); kept one release
 
 
 class VectorCache:
@@ -151,7 +137,7 @@ class CatalogStore:
         return cls(encoder, store, config.reindex_every)
 
     # --- writes -----------------------------------------------------------------------------------------
-    def upsert_items(self, items: Sequence[ItemRecord]) -> list[str]:
+    def upsert_items(self, items: Sequence[Item]) -> list[str]:
         """Embed and store items; searchable and recommendable as soon as this returns. Raises
         encoders.base.ImageDecodeError (naming the item) before anything is written if an image is bad."""
         if not items:

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from mmrec.errors import UserError
-from mmrec.store.catalog_store import CatalogStore, ItemRecord
+from mmrec.data.schema import Item
+from mmrec.store.catalog_store import CatalogStore
 
 
 def index_catalog(catalog: CatalogStore, items: Any, *, batch_size: int = 128, progress: bool = True) -> int:
@@ -22,7 +23,7 @@ def index_catalog(catalog: CatalogStore, items: Any, *, batch_size: int = 128, p
         steps = tqdm(steps, desc="embed + index listings", unit="batch")
     for s in steps:
         catalog.upsert_items([
-            ItemRecord(item_id=r["item_id"], title=r["title"], description=r.get("description"),
+            Item(item_id=r["item_id"], title=r["title"], description=r.get("description"),
                        language=r.get("language"), market=r.get("market"), category=r.get("category"),
                        product_id=r.get("product_id"), price=r.get("price"), created_at=r.get("created_at"),
                        image=r.get("image_path"), attributes=r.get("attributes") or {})

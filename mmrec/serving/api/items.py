@@ -15,7 +15,7 @@ from mmrec.serving.api.images import check_image, decode_base64, read_image_path
 from mmrec.serving.api.schemas import (
     ERRORS, MAX_ID_CHARS, DeleteOut, ItemOut, ItemsIn, SearchOut, UpsertOut, item_out, search_out,
 )
-from mmrec.store.catalog_store import ItemRecord
+from mmrec.data.schema import Item
 
 router = APIRouter(tags=["items"])
 ItemIdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, description="may contain '/'")]
@@ -40,7 +40,7 @@ def upsert_items(body: ItemsIn, services: ServicesDep, settings: SettingsDep) ->
             check_image(label, image)
             if services.catalog.encoder.image_encoder is None:
                 raise HTTPException(400, "this service runs without an image encoder; leave images out")
-        records.append(ItemRecord(
+        records.append(Item(
             item_id=it.item_id, title=it.title, description=it.description, language=it.language,
             market=it.market, category=it.category, product_id=it.product_id, price=it.price,
             in_stock=it.in_stock, created_at=it.created_at, image=image,
