@@ -55,3 +55,15 @@ def test_evaluate_cold_start_with_content_vectors(tmp_path):
     models = json.loads((tmp_path / "report.json").read_text())["models"]
     assert models["popularity"]["metrics"]["ndcg@10"]["mean"] == 0.0
     assert models["contentknn"]["metrics"]["ndcg@10"]["mean"] > 0.02
+
+
+def test_evaluate_trains_mmrec_on_the_same_temporal_split(tmp_path):
+    """mmrec's fusion transformer is one of the models `mmrec evaluate` compares: trained on the split's
+    training events only, scored on the same test cases as the baselines."""
+    out = run("evaluate", "--dataset", "ml-100k", "--protocol", "temporal", "--models", "popularity,mmrec",
+              "--max-users", "150", "--mmrec-minutes", "0.3", "--ks", "10", "--out", str(tmp_path), "--no-plots")
+    assert out.returncode == 0, out.stderr
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert set(data["models"]) == {"popularity", "mmrec"} and data["split"]["protocol"] == "temporal"
+    assert data["models"]["mmrec"]["metrics"]["ndcg@10"]["mean"] > 0
+    assert any(c.get("model") == "mmrec" or "mmrec" in json.dumps(c) for c in data["comparisons"])

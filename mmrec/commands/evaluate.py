@@ -1,6 +1,10 @@
-"""`mmrec evaluate`: run baselines on a dataset under one split protocol and write a report.
+"""`mmrec evaluate`: run mmrec's fusion transformer and baselines on a dataset under one split protocol and
+write a report.
 
-    mmrec evaluate --dataset ml-100k --protocol loo --models popularity,itemknn,sasrec --out runs/ml100k
+    mmrec evaluate --dataset ml-100k --protocol temporal --models mmrec,popularity,itemknn,sasrec --out runs/ml100k
+
+Every model, mmrec's included, is trained on the split's training events only (a checkpoint trained on
+other data could have seen the test period).
 
 Every model gets the same split object; metrics are full-ranking with seen items excluded; the report
 (JSON + Markdown + PNG) carries 95% intervals and paired comparisons with the reference model, and the
@@ -19,11 +23,11 @@ import numpy as np
 from mmrec.errors import UserError
 
 PROTOCOLS = ("loo", "temporal", "cold", "cross-market")
-MODELS = ("popularity", "popularity-market", "itemknn", "contentknn", "sasrec")
+MODELS = ("mmrec", "popularity", "popularity-market", "itemknn", "contentknn", "sasrec")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="evaluate baselines under a split protocol and write a report",
+    p = sub.add_parser("evaluate", help="evaluate mmrec and baselines under a split protocol and write a report",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, help="built-in dataset name (see `mmrec datasets list`)")
     p.add_argument("--protocol", default="loo", choices=PROTOCOLS, help="split protocol (default: loo)")
@@ -39,12 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--catalog-vocabulary", action="store_true",
                    help="rank every catalog item, not only items with events")
     p.add_argument("--item-vectors", default="text:use-m3",
-                   help="contentknn vectors: an .npz with item_ids + vectors, or a spec for "
-                        "mmrec.model.vectors.catalog_vectors (default: text:use-m3)")
+                   help="content vectors of mmrec and contentknn: an .npz with item_ids + vectors, or a spec for "
+                        "mmrec.model.vectors.catalog_vectors, e.g. service:DATA_DIR (default: text:use-m3)")
+    p.add_argument("--mmrec-minutes", type=float, default=12.0, help="mmrec: training time budget")
     p.add_argument("--sasrec-epochs", type=int, default=200, help="SASRec: max epochs (early stopping on valid)")
     p.add_argument("--sasrec-minutes", type=float, default=12.0, help="SASRec: training time budget")
     p.add_argument("--sasrec-max-len", type=int, default=200, help="SASRec: history length")
-    p.add_argument("--threads", type=int, default=1, help="torch threads for SASRec (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for mmrec and SASRec (default 1)")
     p.add_argument("--ab", action="store_true", help="also simulate team-draft interleaving vs the reference")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(func=run)
@@ -96,9 +101,18 @@ def _item_vectors(spec: str, ds: Any, item_ids: np.ndarray) -> np.ndarray:
     return catalog_vectors(ds.items, spec).aligned(item_ids)
 
 
-def _model(name: str, args: argparse.Namespace, vectors: np.ndarray | None):
+def _model(name: str, args: argparse.Namespace, vectors: np.ndarray | None, ds: Any, split: Any):
     from evaluation.baselines import ContentKNN, ItemKNN, Popularity
 
+    if name == "mmrec":
+        from mmrec.model import FusionConfig, FusionRecommender, TrainConfig
+
+        product_of = dict(zip(ds.items["item_id"], ds.items["product_id"]))
+        products = np.asarray([product_of.get(str(i)) or i for i in split.item_ids], dtype=object)
+        return FusionRecommender(vectors, FusionConfig(content_dim=vectors.shape[1]),
+                                 TrainConfig(max_train_seconds=60 * args.mmrec_minutes, num_threads=args.threads,
+                                             seed=args.seed, progress=False),
+                                 item_ids=split.item_ids, item_market=split.item_market, item_products=products)
     if name == "popularity":
         return Popularity()
     if name == "popularity-market":
@@ -147,14 +161,15 @@ def run(args: argparse.Namespace) -> int:
     split = _split(ds, args)
     print(f"{ds.name} / {args.protocol}: " + ", ".join(f"{k}={v}" for k, v in split.describe().items()
                                                      if not k.startswith("param.")))
-    vectors = _item_vectors(args.item_vectors, ds, split.item_ids) if "contentknn" in names else None
+    needs_vectors = {"contentknn", "mmrec"} & set(names)
+    vectors = _item_vectors(args.item_vectors, ds, split.item_ids) if needs_vectors else None
     segments = {}
     lang = _language_segment(ds, split)
     if lang is not None:
         segments["target_language"] = lang
     results, models = {}, {}
     for name in names:
-        model = _model(name, args, vectors)
+        model = _model(name, args, vectors, ds, split)
         print(f"fitting and evaluating {name} ...", flush=True)
         results[name] = evaluate(model, split, ks, item_vectors=vectors, segments=segments)
         models[name] = model
