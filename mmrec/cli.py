@@ -9,7 +9,7 @@ import sys
 from mmrec.errors import UserError
 
 # Modules under mmrec.commands; each defines register(subparsers) and sets `func` on its parser.
-COMMANDS: tuple[str, ...] = ("datasets", "demo", "serve", "users", "evaluate", "train_adapter", "train_text", "train", "embed", "index")
+COMMANDS: tuple[str, ...] = ("datasets", "demo", "serve", "users", "evaluate", "train_adapter", "train_text", "train", "embed", "index", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `mmrec train --ddp N` relaunches
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -1,7 +1,10 @@
-"""Debian packages the built-in data needs: the colour emoji font and Unicode's emoji groups.
+"""Debian packages the project uses: the colour emoji font and Unicode's emoji groups (built-in data),
+Fashion-MNIST (a benchmark), and redis-server (the shared event log of service replicas; its tests start
+one on a free port).
 
 Run by `make setup`. As root it installs what is missing; otherwise it says once what is missing and
-how to get it, and the loaders degrade (e.g. emoji-market without images) instead of failing.
+how to get it, and what needs it degrades (emoji-market without images, the Redis tests skipped)
+instead of failing.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ PACKAGES: dict[str, str] = {
     "unicode-data": "/usr/share/unicode/emoji/emoji-test.txt",
     # real product photos for the zero-shot image benchmark (bench/encoders_crossmodal.py)
     "dataset-fashion-mnist": "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
+    # `mmrec serve --events redis://...` and the tests of it (they start their own server, not the system's)
+    "redis-server": "/usr/bin/redis-server",
 }
 
 
@@ -30,7 +35,8 @@ def ensure() -> int:
         return 0
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         print(f"mmrec: note: missing Debian packages {' '.join(todo)}; install them with "
-              f"`sudo apt-get install {' '.join(todo)}` (without them emoji-market has no images/groups)")
+              f"`sudo apt-get install {' '.join(todo)}` (without them emoji-market has no images/groups and "
+              f"the Redis tests are skipped)")
         return 0
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)

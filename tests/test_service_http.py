@@ -259,6 +259,7 @@ def test_recommend_leaves_unknown_history_ids_out(api):
     assert body["history_used"] == ["coffee:en"] and body["history_dropped"] == ["gone:1", "gone:2"]
     assert body["results"] == known["results"]
     only_unknown = api.post("/recommend", json={"history": ["gone:1"]}).json()
+    assert re.fullmatch(r"[0-9a-f]{32}", only_unknown.pop("request_id")) and only_unknown.pop("variant") == "default"
     assert only_unknown == {"user_id": None, "history_used": [], "history_dropped": ["gone:1"], "results": []}
 
 
@@ -268,13 +269,14 @@ def test_users_without_events_cannot_be_told_apart(api):
     def answer(user):
         response = api.post("/recommend", json={"user_id": user, "k": 5})
         assert response.status_code == 200
-        return {k: v for k, v in response.json().items() if k != "user_id"}
+        return {k: v for k, v in response.json().items() if k not in ("user_id", "request_id")}
 
     never = answer("never-seen")
-    assert never == {"history_used": [], "history_dropped": [], "results": []}
+    assert never == {"variant": "default", "history_used": [], "history_dropped": [], "results": []}
     api.post("/events", json={"events": [{"user_id": "erased/1", "item_id": "banana:en"}]})
     assert answer("erased/1")["history_used"] == ["banana:en"]
-    assert api.delete("/users/erased/1").json() == {"user_id": "erased/1", "events_deleted": 1}
+    erased = api.delete("/users/erased/1").json()
+    assert erased == {"user_id": "erased/1", "events_deleted": 1, "impressions_deleted": 1}
     assert answer("erased/1") == never
     assert api.delete(f"/users/{quote('erased/1', safe='')}").json()["events_deleted"] == 0
     # deleting an item removes it from the histories that used it, even if the id comes back later

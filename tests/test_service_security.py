@@ -60,6 +60,8 @@ WRITES = [
     ("POST", "/items", {"json": {"items": [{"item_id": "auth:1", "title": "scam text"}]}}),
     ("DELETE", "/items/banana:en", {}),
     ("POST", "/events", {"json": {"events": [{"user_id": "someone", "item_id": "banana:en"}]}}),
+    ("POST", "/events", {"json": {"events": [{"user_id": "someone", "item_id": "banana:en", "kind": "click",
+                                              "request_id": "0" * 32, "position": 1}]}}),
     ("DELETE", "/users/someone", {}),
 ]
 READS = [
@@ -69,6 +71,8 @@ READS = [
     ("GET", "/items/banana:en", {}),
     ("GET", "/items/banana:en/similar", {}),
     ("POST", "/search/image", {"files": {"file": ("dot.png", png_bytes("dot"), "image/png")}}),
+    ("GET", "/metrics", {}),
+    ("GET", "/metrics/online", {}),
 ]
 
 
@@ -181,23 +185,32 @@ def _files_containing(root: Path, needle: str) -> list[str]:
 
 def test_an_erased_user_leaves_no_trace_and_answers_like_a_stranger(served):
     """DELETE /users/U on the running service, `mmrec users delete V` on the stopped one: afterwards no file
-    under the data dir holds either id, before and after a restart, and /recommend answers for them
-    exactly as for a user never seen."""
+    under the data dir holds either id (not their events, not the impressions of what they were shown, not
+    their attributed clicks), before and after a restart, and /recommend answers for them exactly as for
+    a user never seen."""
     events = [{"user_id": user, "item_id": item, "kind": "purchase"}
               for user in (ERASED_USER, CLI_ERASED_USER, "stays") for item in ("guitar:de", "coffee:fr")]
     assert call(served, "POST", "/events", WRITE, json={"events": events}).json() == {"appended": 6}
-    stranger = call(served, "POST", "/recommend", READ, json={"user_id": "never-seen-user", "k": 5}).json()
+
+    def recommend(user: str) -> dict:
+        return call(served, "POST", "/recommend", READ, json={"user_id": user, "k": 5}).json()
 
     def answer(user: str) -> dict:
-        body = call(served, "POST", "/recommend", READ, json={"user_id": user, "k": 5}).json()
-        return {**body, "user_id": "never-seen-user"}
+        """The answer for `user` as it would read for the stranger (the request id is new each time)."""
+        return {**recommend(user), "user_id": "never-seen-user", "request_id": None}
 
-    assert answer(ERASED_USER) != stranger
+    stranger = answer("never-seen-user")
+    shown = recommend(ERASED_USER)
+    assert {**shown, "user_id": "never-seen-user", "request_id": None} != stranger
+    click = {"user_id": ERASED_USER, "item_id": shown["results"][0]["item_id"], "kind": "click",
+             "request_id": shown["request_id"], "position": 1}
+    assert call(served, "POST", "/events", WRITE, json={"events": [click]}).json() == {"appended": 1}
+    recommend(CLI_ERASED_USER)
+    assert _files_containing(served.data, ERASED_USER) == ["events.jsonl", "impressions.jsonl"]
     response = call(served, "DELETE", f"/users/{ERASED_USER}", WRITE)
-    assert response.json() == {"user_id": ERASED_USER, "events_deleted": 2}
-    assert answer(ERASED_USER) == stranger
+    assert response.json() == {"user_id": ERASED_USER, "events_deleted": 3, "impressions_deleted": 1}
     assert _files_containing(served.data, ERASED_USER) == []
-    assert _files_containing(served.data, CLI_ERASED_USER) == ["events.jsonl"]
+    assert _files_containing(served.data, CLI_ERASED_USER) == ["events.jsonl", "impressions.jsonl"]
     # the CLI refuses while the service has the event log open, then works on the stopped one
     busy = mmrec_cli("users", "delete", CLI_ERASED_USER, "--data-dir", str(served.data))
     assert busy.returncode == 2 and "DELETE /users" in busy.stderr and "Traceback" not in busy.stderr
@@ -207,6 +220,7 @@ def test_an_erased_user_leaves_no_trace_and_answers_like_a_stranger(served):
     served.srv = served.start()
     for user in (ERASED_USER, CLI_ERASED_USER):
         assert _files_containing(served.data, user) == []
+    for user in (ERASED_USER, CLI_ERASED_USER):  # (asking for them again logs a new impression)
         assert answer(user) == stranger
     stays = call(served, "POST", "/recommend", READ, json={"user_id": "stays"}).json()
     assert stays["history_used"] == ["coffee:fr", "guitar:de"]

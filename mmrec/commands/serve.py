@@ -1,7 +1,12 @@
 """`mmrec serve --data-dir DIR [--api-key KEY]`: the HTTP service (OpenAPI docs at /docs).
 
 A new DIR starts empty; an existing one is reopened with everything acknowledged before (items in the
-vector store's write-ahead log, events in DIR/events.jsonl). One process per DIR.
+vector store's write-ahead log, events and impressions in DIR/events.jsonl and DIR/impressions.jsonl).
+One process per DIR. With `--events redis://HOST:PORT/DB` events and impressions live in that Redis
+instead, shared by every replica that names it (each with its own DIR, or one Qdrant server for vectors).
+
+`--variant NAME=SOURCE:SHARE` (repeatable) serves an A/B test: SOURCE is a checkpoint or "content";
+users are assigned by a hash of their id and `--experiment` (mmrec/serving/variants.py).
 
 Without API keys anyone who reaches the port can read and write everything, so the service then binds
 to loopback only and refuses another --host unless --insecure says that is meant. Keys come from
@@ -35,13 +40,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--adapter", default="default",
                         help="image->text adapter: 'default' (trained on emoji-market on first use), a file from "
                              "`mmrec train-adapter`, or 'none' (training-free class-name bridge only)")
-    parser.add_argument("--store", choices=("edge", "server"), default="edge",
-                        help="edge: embedded Qdrant in DIR/store; server: a Qdrant server (--qdrant-url)")
+    parser.add_argument("--store", default="edge",
+                        help="edge: embedded Qdrant in DIR/store; qdrant://HOST:PORT: a Qdrant server or cluster "
+                             "(or 'server' with --qdrant-url)")
     parser.add_argument("--qdrant-url", default=None, help="Qdrant server URL for --store server")
     parser.add_argument("--collection", default="items", help="collection name on the Qdrant server")
+    parser.add_argument("--events", default=None,
+                        help="where events and impressions are kept: 'file' (DIR/events.jsonl, the default) or "
+                             "redis://[:PASSWORD@]HOST:PORT/DB, shared by replicas (Redis must run with appendonly "
+                             "yes, appendfsync always); default: $MMREC_EVENTS, which keeps a password out of `ps`")
     parser.add_argument("--model", default=None,
                         help="fusion-transformer checkpoint (mmrec train) behind POST /recommend; "
                              "without it recommendations are content-based")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=SOURCE:SHARE",
+                        help="an A/B variant of /recommend: SOURCE is a checkpoint or 'content', SHARE its traffic "
+                             "share (shares add up to 1); repeatable; instead of --model")
+    parser.add_argument("--experiment", default="default",
+                        help="the A/B test's name: salts the user-to-variant hash (a new name reshuffles users)")
     security = parser.add_argument_group("security (see SECURITY.md)")
     security.add_argument("--api-key", default=None,
                           help="key for every call but /healthz (header 'api-key: KEY' or 'Authorization: Bearer "
@@ -122,30 +137,69 @@ def settings_from_args(args: argparse.Namespace):
         raise UserError(str(exc)) from None
 
 
+def store_from_args(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(CatalogConfig.store, store_url) from --store / --qdrant-url; qdrant://HOST:PORT is a server over HTTP."""
+    if args.store == "edge":
+        return "edge", None
+    if args.store == "server":
+        if not args.qdrant_url:
+            raise UserError("--store server needs --qdrant-url http://host:6333 (or use --store qdrant://host:6333)")
+        return "server", args.qdrant_url
+    if args.store.startswith("qdrant://") and len(args.store) > len("qdrant://"):
+        return "server", "http://" + args.store.removeprefix("qdrant://")
+    raise UserError("--store must be edge, qdrant://HOST:PORT, or server (with --qdrant-url)")
+
+
+def variants_from_args(args: argparse.Namespace):
+    """The --variant list (None when none is given: one variant of --model)."""
+    from mmrec.serving.variants import check_variants, parse_variant
+
+    if not args.variant:
+        return None
+    if args.model is not None:
+        raise UserError("give --model or --variant, not both (a variant names its checkpoint: NAME=PATH:SHARE)")
+    try:
+        variants = [parse_variant(spec) for spec in args.variant]
+        check_variants(variants)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    for v in variants:
+        if v.source != "content" and not Path(v.source).is_file():
+            raise UserError(f"--variant {v.name}: no checkpoint file {v.source}")
+    return variants
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from index import SchemaError, StoreError
     from mmrec.serving.app import create_app, open_services
     from mmrec.serving.event_log import EventLogInUse
+    from mmrec.serving.interaction_log import EventLogError
     from mmrec.store.catalog_store import CatalogConfig
 
-    if args.store == "server" and not args.qdrant_url:
-        raise UserError("--store server needs --qdrant-url http://host:6333")
+    store, store_url = store_from_args(args)
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be 0..65535, got {args.port}")
     settings = settings_from_args(args)  # before the models load: a refused start is immediate
+    variants = variants_from_args(args)
+    events = args.events or os.environ.get("MMREC_EVENTS") or None
     image_encoder = None if args.image_encoder.lower() in ("none", "") else args.image_encoder
     adapter = None if args.adapter.lower() in ("none", "") else args.adapter
     config = CatalogConfig(text_encoder=args.text_encoder, image_encoder=image_encoder, adapter=adapter,
-                           store=args.store, store_url=args.qdrant_url, collection=args.collection)
+                           store=store, store_url=store_url, collection=args.collection)
     try:
-        services = open_services(args.data_dir, config, model=args.model)
-    except (StoreError, SchemaError, EventLogInUse, ValueError, OSError) as exc:
+        services = open_services(args.data_dir, config, model=args.model if variants is None else None,
+                                 events=events, variants=variants, experiment=args.experiment)
+    except (StoreError, SchemaError, EventLogInUse, EventLogError, ValueError, OSError) as exc:
         raise UserError(str(exc)) from None
     except (RuntimeError, ImportError) as exc:  # encoder specs that cannot be loaded here
         raise UserError(f"cannot load the encoders ({args.text_encoder!r}, {args.image_encoder!r}): {exc}") from None
     app = create_app(services, settings)
+    log.info("events and impressions: %s", getattr(services.events, "where", services.events.kind))
+    if len(services.variants) > 1:
+        log.info("A/B test %r: %s", args.experiment,
+                 ", ".join(f"{v.name}={v.model}:{v.share:g}" for v in services.variants))
     if settings.auth:
         log.info("API keys required (%s)", "read-write and read-only" if settings.read_only_api_key else "read-write")
     elif is_loopback(args.host):

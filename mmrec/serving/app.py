@@ -1,11 +1,16 @@
 """The HTTP service: item upserts that are searchable at once, multilingual text and image search,
-similar items, recommendations with reasons (the fusion transformer with `--model`, else content-based),
-event ingestion and the erasure of a user's events.
+similar items, recommendations with reasons (the fusion transformer with `--model`, else content-based;
+several variants at once for an A/B test), event ingestion with attribution to what was shown, the online
+report and Prometheus counters, and the erasure of a user's events and impressions.
 
     build_app(settings)            the routes, guards and error handlers; no store is opened
     create_app(services, settings) the same app over opened services (closed when the app shuts down)
-    open_service(data_dir, ...)    opens the catalog, event log and model of a data dir, then create_app
+    open_services(data_dir, ...)   opens the catalog, interaction log and models of a data dir
+    open_service(data_dir, ...)    open_services, then create_app
     openapi_spec()                 the OpenAPI document, from build_app (docs, fuzzing)
+
+With the interaction log in Redis (`events="redis://..."`) a process keeps no state of its own beyond its
+vector store, so replicas over one Redis (and the same items) can run behind any load balancer.
 
 Routes live in mmrec/serving/api/ (one module per resource) and get what they work on through FastAPI's
 `Depends`: the `Services` container on `app.state.services`, the `ServiceSettings` on `app.state.settings`.
@@ -17,7 +22,9 @@ Run it with `mmrec serve` (mmrec/commands/serve.py).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +32,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 import mmrec
-from mmrec.serving.api import docs, errors, events, health, items, recommend, search, users
+from mmrec.serving.api import docs, errors, events, health, items, metrics, recommend, search, users
 from mmrec.serving.api.dependencies import Services
 from mmrec.serving.api.guard import OPEN_PATHS, Guard
 from mmrec.serving.api.settings import ServiceSettings
+from mmrec.serving.api.telemetry import Telemetry, TelemetryMiddleware
+from mmrec.serving.variants import CONTENT, Variant, check_variants
 
 SECURITY_SCHEMES = {
     "api-key": {"type": "apiKey", "in": "header", "name": "api-key"},
@@ -58,8 +67,9 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.docs else None,
     )
     app.state.settings = settings
+    app.state.telemetry = Telemetry()
     errors.install(app)
-    for module in (health, items, search, recommend, events, users):
+    for module in (health, items, search, recommend, events, users, metrics):
         app.include_router(module.router)
     if settings.docs:
         docs.install(app)
@@ -68,6 +78,7 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["api-key", "authorization", "content-type"])
+    app.add_middleware(TelemetryMiddleware, telemetry=app.state.telemetry)  # outermost: counts refusals too
     _declare_security(app)
     return app
 
@@ -102,30 +113,49 @@ def openapi_spec() -> dict[str, Any]:
     return build_app(ServiceSettings()).openapi()
 
 
-def open_services(data_dir: str | Path, config: Any, model: str | Path | None = None) -> Services:
-    """Open (or create) the catalog, event log and market list in `data_dir`; `model`: a fusion
-    transformer checkpoint (`mmrec train`) to recommend with, checked against the catalog's vector space."""
-    from mmrec.serving.event_log import EventLog
+def open_services(data_dir: str | Path, config: Any, model: str | Path | None = None, *,
+                  events: str | None = None, variants: Sequence[Variant] | None = None,
+                  experiment: str = "default") -> Services:
+    """Open (or create) the catalog and market list in `data_dir`, the interaction log (`events`: None for
+    the files in `data_dir`, or a redis:// URL) and the models behind /recommend: `variants` (each a
+    checkpoint path or "content", with its traffic share), or one variant "default" of `model` (a fusion
+    transformer checkpoint from `mmrec train`; None: content-based). Checkpoints are checked against the
+    catalog's vector space."""
+    from mmrec.serving.interaction_log import open_interaction_log
     from mmrec.serving.markets import Markets
     from mmrec.store.catalog_store import CatalogStore
 
+    if variants is None:
+        variants = [Variant("default", 1.0, str(model) if model is not None else CONTENT)]
+    elif model is not None:
+        raise ValueError("give a model or variants, not both")
+    check_variants(variants)
     data_dir = Path(data_dir)
-    catalog = CatalogStore.open(data_dir, config)
+    event_log = open_interaction_log(events, data_dir)  # first: a Redis that is down is refused before models load
     try:
-        ranker = None
-        if model is not None:
-            from mmrec.serving.two_stage import load_ranker
-
-            ranker = load_ranker(model, catalog)
-        event_log = EventLog(data_dir / "events.jsonl")
+        catalog = CatalogStore.open(data_dir, config)
+    except Exception:
+        event_log.close()
+        raise
+    try:
+        loaded = tuple(_load(v, catalog) for v in variants)
     except Exception:
         catalog.close()
+        event_log.close()
         raise
     return Services(catalog=catalog, events=event_log, markets=Markets(catalog.store, data_dir / "markets.json"),
-                    ranker=ranker)
+                    variants=loaded, experiment=experiment)
+
+
+def _load(variant: Variant, catalog: Any) -> Variant:
+    if variant.source == CONTENT:
+        return variant
+    from mmrec.serving.two_stage import load_ranker
+
+    return replace(variant, ranker=load_ranker(variant.source, catalog))
 
 
 def open_service(data_dir: str | Path, config: Any, model: str | Path | None = None,
-                 settings: ServiceSettings | None = None) -> FastAPI:
-    """`create_app` over the services of `data_dir` (see `open_services`)."""
-    return create_app(open_services(data_dir, config, model), settings)
+                 settings: ServiceSettings | None = None, **kwargs: Any) -> FastAPI:
+    """`create_app` over the services of `data_dir` (see `open_services` for the keyword arguments)."""
+    return create_app(open_services(data_dir, config, model, **kwargs), settings)

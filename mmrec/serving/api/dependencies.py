@@ -4,30 +4,32 @@ take as query parameters (declared once, here)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
 
 from index import Filter
-from mmrec.serving.api.schemas import MAX_K
+from mmrec.serving.api.schemas import MAX_K, Id
 from mmrec.serving.api.settings import ServiceSettings
-from mmrec.serving.event_log import EventLog
+from mmrec.serving.api.telemetry import Telemetry
+from mmrec.serving.interaction_log import InteractionLog
 from mmrec.serving.markets import Markets
+from mmrec.serving.variants import Variant
 from mmrec.store.catalog_store import CatalogStore
-
-if TYPE_CHECKING:  # torch comes with it; the app itself does not need it
-    from mmrec.serving.two_stage import TwoStageRecommender
 
 
 @dataclass
 class Services:
-    """What the routes work on, opened once per process (`mmrec.serving.app.open_service`) and closed
-    when the app shuts down. `ranker`: the fusion transformer behind /recommend (None: content-based)."""
+    """What the routes work on, opened once per process (`mmrec.serving.app.open_services`) and closed
+    when the app shuts down. `events`: the interaction log (events and impressions; a file pair in the
+    data dir or a shared Redis). `variants`: what answers /recommend, each with its traffic share (a
+    ranker of None is content-based); `experiment` names the A/B test (it salts the user assignment)."""
 
     catalog: CatalogStore
-    events: EventLog
+    events: InteractionLog
     markets: Markets
-    ranker: "TwoStageRecommender | None" = None
+    variants: tuple[Variant, ...] = (Variant("default", 1.0),)
+    experiment: str = "default"
 
     def close(self) -> None:
         try:
@@ -47,9 +49,16 @@ def get_settings(request: Request) -> ServiceSettings:
     return request.app.state.settings
 
 
+def get_telemetry(request: Request) -> Telemetry:
+    return request.app.state.telemetry
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
+TelemetryDep = Annotated[Telemetry, Depends(get_telemetry)]
 K = Annotated[int, Query(ge=1, le=MAX_K, description="how many results")]
+UserQuery = Annotated[Id | None, Query(description="the user shown the results (kept with the impression; "
+                                      "erased with the user)")]
 
 
 def make_filter(markets: Markets, market: str | None = None, language: str | None = None,

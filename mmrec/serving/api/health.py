@@ -17,4 +17,5 @@ def healthz(request: Request, services: ServicesDep, settings: SettingsDep) -> d
     if key_access(settings, presented_key(request.headers)) is None:
         return {"status": "ok"}
     return {"status": "ok", "items": services.catalog.count(), "events": len(services.events),
-            "users": services.events.users, "encoder": services.catalog.encoder.name}
+            "users": services.events.users, "encoder": services.catalog.encoder.name,
+            "event_log": services.events.kind, "variants": [v.name for v in services.variants]}

@@ -10,8 +10,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path
 
-from mmrec.serving.api.dependencies import FilterDep, K, ServicesDep, SettingsDep
+from mmrec.serving.api.dependencies import FilterDep, K, ServicesDep, SettingsDep, TelemetryDep, UserQuery
 from mmrec.serving.api.images import check_image, decode_base64, read_image_path
+from mmrec.serving.api.impressions import logged_search
 from mmrec.serving.api.schemas import (
     ERRORS, MAX_ID_CHARS, DeleteOut, ItemOut, ItemsIn, SearchOut, UpsertOut, item_out, search_out,
 )
@@ -51,12 +52,14 @@ def upsert_items(body: ItemsIn, services: ServicesDep, settings: SettingsDep) ->
 
 
 @router.get("/items/{item_id:path}/similar", response_model=SearchOut, responses=ERRORS)
-def similar(item_id: ItemIdPath, services: ServicesDep, flt: FilterDep, k: K = 10) -> dict[str, Any]:
-    """Other products like this item (its own listings in other languages are left out)."""
+def similar(item_id: ItemIdPath, services: ServicesDep, telemetry: TelemetryDep, flt: FilterDep, k: K = 10,
+            user_id: UserQuery = None) -> dict[str, Any]:
+    """Other products like this item (its own listings in other languages are left out); logged as an
+    impression, like a search."""
     groups = services.catalog.similar(item_id, k, flt)
     if groups is None:
         raise HTTPException(404, "unknown item")
-    return search_out(groups)
+    return logged_search(services, telemetry, search_out(groups), surface="similar", user_id=user_id, flt=flt)
 
 
 @router.get("/items/{item_id:path}", response_model=ItemOut, responses=ERRORS)

@@ -79,6 +79,8 @@ Title = Annotated[str, StringConstraints(min_length=1, max_length=2000), AfterVa
 Price = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False, strict=True)]
 UnixTime = Annotated[int, Field(ge=0, le=2**53, strict=True)]
 Count = Annotated[int, Field(ge=1, le=MAX_K, strict=True)]  # strict: `true` is not 1
+RequestId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$"),
+                      Field(description="the request_id of the /recommend or /search answer that showed the item")]
 
 
 class ItemIn(BaseModel):
@@ -143,6 +145,14 @@ class EventIn(BaseModel):
     value: Annotated[float, Field(allow_inf_nan=False, ge=-1e12, le=1e12, strict=True)] | None = None
     market: Label | None = None
     session_id: Id | None = None
+    request_id: RequestId | None = None
+    position: Count | None = Field(None, description="1-based place the item had in that answer (needs request_id)")
+
+    @model_validator(mode="after")
+    def _position_needs_request(self) -> "EventIn":
+        if self.position is not None and self.request_id is None:
+            raise ValueError("position needs the request_id of the answer that showed the item")
+        return self
 
 
 class EventsIn(BaseModel):
@@ -169,6 +179,7 @@ class ResultOut(ItemOut):
 
 
 class SearchOut(BaseModel):
+    request_id: str = Field(description="name it in POST /events to attribute what the user did with these results")
     results: list[ResultOut]
 
 
@@ -182,6 +193,8 @@ class RecommendationOut(ResultOut):
 
 
 class RecommendOut(BaseModel):
+    request_id: str = Field(description="name it in POST /events to attribute what the user did with these results")
+    variant: str = Field(description="the A/B variant that answered (`mmrec serve --variant`)")
     user_id: str | None
     history_used: list[str] = Field(description="the history items the recommendations come from, newest first")
     history_dropped: list[str] = Field(
@@ -205,6 +218,7 @@ class DeleteOut(BaseModel):
 class UserDeleteOut(BaseModel):
     user_id: str
     events_deleted: int
+    impressions_deleted: int
 
 
 class HealthOut(BaseModel):
@@ -215,6 +229,8 @@ class HealthOut(BaseModel):
     events: int | None = None
     users: int | None = None
     encoder: str | None = None
+    event_log: str | None = Field(None, description="where events are kept: file or redis")
+    variants: list[str] | None = None
 
 
 class ErrorOut(BaseModel):
@@ -239,7 +255,7 @@ def item_out(payload: dict[str, Any], item_id: str | None = None, **extra: Any) 
 
 
 def search_out(groups: list[Group]) -> dict[str, Any]:
-    """One result per product: the best listing of each group."""
+    """One result per product: the best listing of each group (the request id is added by the route)."""
     return {"results": [item_out(g.hits[0].payload, g.hits[0].item_id, score=g.hits[0].score) for g in groups]}
 
 

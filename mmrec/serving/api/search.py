@@ -1,13 +1,15 @@
-"""Search: products matching a text query in any language, or an uploaded image."""
+"""Search: products matching a text query in any language, or an uploaded image. Each answer carries a
+request id and is logged as an impression (without the query: see api/impressions.py)."""
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile
 
-from mmrec.serving.api.dependencies import FilterDep, K, ServicesDep
+from mmrec.serving.api.dependencies import FilterDep, K, ServicesDep, TelemetryDep, UserQuery
 from mmrec.serving.api.errors import clean
 from mmrec.serving.api.images import check_image
+from mmrec.serving.api.impressions import logged_search
 from mmrec.serving.api.schemas import ERRORS, MAX_IMAGE_BYTES, SearchOut, no_control, not_blank, search_out
 
 router = APIRouter(tags=["search"])
@@ -16,7 +18,7 @@ router = APIRouter(tags=["search"])
 @router.get("/search", response_model=SearchOut, responses=ERRORS)
 def search(
     q: Annotated[str, Query(min_length=1, max_length=1000, description="text in any language")],
-    services: ServicesDep, flt: FilterDep, k: K = 10,
+    services: ServicesDep, telemetry: TelemetryDep, flt: FilterDep, k: K = 10, user_id: UserQuery = None,
 ) -> dict[str, Any]:
     """Products matching a text query in any language, one result per product."""
     for check in (not_blank, no_control):
@@ -25,13 +27,14 @@ def search(
         except ValueError as exc:
             raise HTTPException(400, f"q: {clean(exc)}") from None
     vector = services.catalog.embed_query(q)
-    return search_out(services.catalog.search_vector(vector, k, flt))
+    return logged_search(services, telemetry, search_out(services.catalog.search_vector(vector, k, flt)),
+                         surface="search", user_id=user_id, flt=flt)
 
 
 @router.post("/search/image", response_model=SearchOut, responses=ERRORS)
 def search_image(
     file: Annotated[UploadFile, File(description="an image (PNG, JPEG, WebP, ...)")],
-    services: ServicesDep, flt: FilterDep, k: K = 10,
+    services: ServicesDep, telemetry: TelemetryDep, flt: FilterDep, k: K = 10, user_id: UserQuery = None,
 ) -> dict[str, Any]:
     """Products that look like / are described like the uploaded image, one result per product."""
     if services.catalog.encoder.image_encoder is None:
@@ -41,4 +44,6 @@ def search_image(
         raise HTTPException(413, f"image is larger than {MAX_IMAGE_BYTES} bytes")
     check_image("uploaded file", data)
     vector = services.catalog.embed_image(data)
-    return search_out(services.catalog.search_vector(vector, k, flt))
+    return logged_search(services, telemetry, search_out(services.catalog.search_vector(vector, k, flt)),
+                         surface="search_image", user_id=user_id, flt=flt)
+
