@@ -156,6 +156,16 @@ def test_mmrec_index_fills_a_data_dir_with_the_same_vectors(catalog, tmp_path, m
     stored = store_vectors(items, tmp_path / "data", progress=False)
     assert (_cos(np.array(embedded["fused_vector"], dtype=np.float32), stored.vectors) >= 0.9999).all()
     assert main([*args[:-1], "--text-fields", "title,category"]) == 2  # another recipe: refused, one line
+    # `mmrec serve` on that data dir takes the recipe it was built with unless told otherwise
+    import argparse
+
+    from mmrec.commands.serve import _recipe
+
+    other = tmp_path / "other"
+    assert main(["index", str(path), "--data-dir", str(other), "--text-encoder", TEXT, "--image-encoder", "none",
+                 "--text-fields", "title,category", "--no-progress"]) == 0
+    assert _recipe(argparse.Namespace(text_fields=None, data_dir=str(other))) == ("title", "category")
+    assert _recipe(argparse.Namespace(text_fields="title", data_dir=str(other))) == ("title",)
 
 
 def test_train_drops_events_of_items_the_catalog_lacks(capsys):

@@ -1,4 +1,9 @@
-"""`mmrec embed CATALOG --out PATH`: add text / image / fused vectors to a catalog (resumable, cached)."""
+"""`mmrec embed CATALOG --out PATH`: add text / image / fused vectors to a catalog (resumable, cached).
+
+`--engine ray` runs the same encoders on a Ray Data actor pool (a local Ray, or a cluster with --address)
+and writes OUT as a directory of Parquet parts; `--store DIR` also upserts the vectors into a service data
+dir (as `mmrec index` would, without embedding again).
+"""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +39,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="torch/BLAS threads; 1 is fastest on a busy 2-core machine [1]")
     parser.add_argument("--cache-dir", default=None, help="content-hash cache folder [$MMREC_CACHE/embeddings]")
     parser.add_argument("--no-cache", action="store_true", help="embed everything, store nothing")
+    parser.add_argument("--store", default=None, metavar="DATA_DIR",
+                        help="also upsert the vectors into this service data dir (created if new; "
+                             "what `mmrec serve --data-dir` reads)")
+    dist = parser.add_argument_group("distributed (--engine ray; pip install 'mmrec[distributed]')")
+    dist.add_argument("--engine", choices=("local", "ray"), default="local",
+                      help="local: this process; ray: a Ray Data actor pool; --out is then a directory of "
+                           "Parquet parts, and a re-run skips the listings already in it [local]")
+    dist.add_argument("--address", default=None,
+                      help="Ray cluster to join ('auto', 'ray://HOST:10001'); without it a local Ray is started")
+    dist.add_argument("--workers", type=int, default=2, help="actors, each loading the encoders once [2]")
+    dist.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per actor [1]")
+    dist.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor, on GPU clusters [0]")
     parser.set_defaults(func=_run)
 
 
@@ -62,6 +79,14 @@ def _load(catalog: str, mapping: dict[str, str] | None):
     return items
 
 
+def _config(args: argparse.Namespace):
+    from mmrec.embedding.item_encoder import EncoderConfig
+
+    return EncoderConfig(text_encoder=args.text_encoder, image_encoder=None if args.no_images else args.image_encoder,
+                         adapter=None if args.adapter.lower() == "none" else args.adapter,
+                         recipe=parse_recipe(args.text_fields).fields)
+
+
 def _run(args: argparse.Namespace) -> int:
     from mmrec.embedding.embed import embed
 
@@ -69,12 +94,14 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--batch-size and --threads must be >= 1")
     out = Path(args.out)
     fmt = FORMATS.get(out.suffix.lower())
+    if args.engine == "ray":
+        return _run_ray(args, out, fmt)
     if out.suffix and fmt is None:
         raise UserError(f"--out {out}: use .parquet, .jsonl, .csv or a directory")
     items = _load(args.catalog, _mapping(args.map))
-    adapter = None if args.adapter.lower() == "none" else args.adapter
-    ds, stats = embed(items, text_encoder=args.text_encoder, image_encoder=None if args.no_images else args.image_encoder,
-                      adapter=adapter, recipe=parse_recipe(args.text_fields).fields, batch_size=args.batch_size, threads=args.threads,
+    config = _config(args)
+    ds, stats = embed(items, text_encoder=config.text_encoder, image_encoder=config.image_encoder,
+                      adapter=config.adapter, recipe=config.recipe, batch_size=args.batch_size, threads=args.threads,
                       cache_dir=False if args.no_cache else args.cache_dir, return_stats=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":
@@ -88,4 +115,44 @@ def _run(args: argparse.Namespace) -> int:
         ds.save_to_disk(str(out))
     print(stats.summary())
     print(f"wrote {len(ds):,} rows to {out}")
+    if args.store:
+        _upsert(args, ds.with_format("arrow").iter(batch_size=args.batch_size * 4), len(ds))
     return 0
+
+
+def _run_ray(args: argparse.Namespace, out: Path, fmt: str | None) -> int:
+    from mmrec.embedding.distributed import RayConfig, embed_ray
+    from mmrec.embedding.parts import EmbedOutput
+
+    if fmt not in (None, "parquet"):
+        raise UserError(f"--out {out}: --engine ray writes a directory of Parquet parts (give a folder or *.parquet)")
+    ray_config = RayConfig(address=args.address, workers=args.workers, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    items = _load(args.catalog, _mapping(args.map))
+    run = embed_ray(items, out, _config(args), ray_config, batch_size=args.batch_size, threads=args.threads,
+                    cache_dir=False if args.no_cache else args.cache_dir)
+    print(run.summary())
+    print(f"{out} holds {run.rows:,} rows (Parquet parts; read it with pandas.read_parquet or pyarrow.dataset)")
+    if args.store:
+        table = EmbedOutput(out).read()
+        _upsert(args, table.to_batches(max_chunksize=args.batch_size * 4), table.num_rows)
+    return 0
+
+
+def _upsert(args: argparse.Namespace, batches, total: int) -> None:
+    """The embedded rows into the service data dir `--store`, in batches, without embedding again."""
+    from index import SchemaError, StoreError
+    from mmrec.store.catalog_store import CatalogConfig, CatalogStore
+    from mmrec.store.indexing import upsert_embedded_rows
+
+    config = _config(args)
+    try:
+        catalog = CatalogStore.open(args.store, CatalogConfig(text_encoder=config.text_encoder,
+                                                              image_encoder=config.image_encoder,
+                                                              adapter=config.adapter, recipe=config.recipe))
+    except (StoreError, SchemaError, ValueError, OSError) as exc:
+        raise UserError(str(exc).splitlines()[0]) from None
+    try:
+        upserted = upsert_embedded_rows(catalog, batches, total=total)
+        print(f"upserted {upserted:,} listings into {args.store} ({catalog.count():,} stored)")
+    finally:
+        catalog.close()

@@ -21,6 +21,7 @@ import logging
 import os
 from pathlib import Path
 
+from mmrec.commands import parse_recipe
 from mmrec.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "(or 'server' with --qdrant-url)")
     parser.add_argument("--qdrant-url", default=None, help="Qdrant server URL for --store server")
     parser.add_argument("--collection", default="items", help="collection name on the Qdrant server")
+    parser.add_argument("--shard-number", type=int, default=None,
+                        help="Qdrant server: shards of a new collection (its API key: $QDRANT_API_KEY)")
+    parser.add_argument("--replication-factor", type=int, default=None,
+                        help="Qdrant server: copies of each shard in a new collection")
+    parser.add_argument("--text-fields", default=None,
+                        help="the item recipe: fields in the text [title,alt_title,year,description]; a data dir "
+                             "keeps the recipe it was built with")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for the whole process, set once at start [1]")
     parser.add_argument("--events", default=None,
                         help="where events and impressions are kept: 'file' (DIR/events.jsonl, the default) or "
                              "redis://[:PASSWORD@]HOST:PORT/DB, shared by replicas (Redis must run with appendonly "
@@ -186,8 +196,16 @@ def run(args: argparse.Namespace) -> int:
     events = args.events or os.environ.get("MMREC_EVENTS") or None
     image_encoder = None if args.image_encoder.lower() in ("none", "") else args.image_encoder
     adapter = None if args.adapter.lower() in ("none", "") else args.adapter
+    for flag in ("shard_number", "replication_factor", "threads"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1")
     config = CatalogConfig(text_encoder=args.text_encoder, image_encoder=image_encoder, adapter=adapter,
-                           store=store, store_url=store_url, collection=args.collection)
+                           store=store, store_url=store_url, collection=args.collection,
+                           shard_number=args.shard_number, replication_factor=args.replication_factor,
+                           recipe=_recipe(args))
+    import torch
+
+    torch.set_num_threads(args.threads)  # once per process: requests never change it
     try:
         services = open_services(args.data_dir, config, model=args.model if variants is None else None,
                                  events=events, variants=variants, experiment=args.experiment)
@@ -211,3 +229,13 @@ def run(args: argparse.Namespace) -> int:
     uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, server_header=False,
                 log_level="debug" if level <= logging.DEBUG else "info")
     return 0
+
+
+def _recipe(args: argparse.Namespace) -> tuple[str, ...]:
+    """--text-fields, else the recipe the data dir was built with (e.g. by `mmrec index --text-fields`)."""
+    from mmrec.store.catalog_store import CatalogConfig
+
+    if args.text_fields:
+        return parse_recipe(args.text_fields).fields
+    recorded = CatalogConfig.recorded(args.data_dir)
+    return tuple(recorded.recipe) if recorded is not None else parse_recipe(None).fields

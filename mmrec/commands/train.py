@@ -4,9 +4,13 @@ events (`--resume`), and save a checkpoint that `mmrec serve` / the Python API c
     mmrec train --dataset emoji-market --out model.pt
     mmrec train --items catalog.jsonl --events events.jsonl --out model.pt
     mmrec train --resume model.pt --items catalog.jsonl --events new_events.jsonl --out model2.pt
+    mmrec train --ddp 2 --dataset ml-1m --out model.pt       # = torchrun --nproc-per-node 2 -m mmrec train ...
 
 Validation is leave-one-out on the given events (each user's last event held out for the report, the one
 before it for early stopping), so the numbers printed at the end are honest held-out NDCG/Recall@10.
+
+Under torchrun every rank loads the data; rank 0 makes the item vectors and sends them to the others,
+all ranks train (DDP, `mmrec.model.distributed`), and rank 0 tests and writes the checkpoint.
 """
 from __future__ import annotations
 
@@ -60,6 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--ddp", type=int, default=None, metavar="N",
+                   help="train on N local processes with torch DDP (as `torchrun --standalone "
+                        "--nproc-per-node N -m mmrec train ...` does); --batch-size stays the global batch. "
+                        "For several machines run torchrun yourself on each")
     p.set_defaults(func=run)
 
 
@@ -108,19 +116,52 @@ def _known_items_only(events, items):
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from mmrec.model import distributed
+
+    if args.ddp is not None and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: start it
+        argv = getattr(args, "argv", None)
+        if argv is None:
+            raise UserError("--ddp needs the command line (run it as `mmrec train --ddp N ...`)")
+        return distributed.launch(args.ddp, distributed.without_option(argv, "--ddp"))
+    ctx = distributed.init_from_env()
+    try:
+        return _train(args, ctx)
+    finally:
+        distributed.shutdown()
+
+
+def _shared_vectors(args: argparse.Namespace, items, ctx):
+    """The item vectors, made once by rank 0 (a service data dir's store opens in one process only) and
+    sent to the other ranks."""
+    from mmrec.model.vectors import catalog_vectors
+
+    vectors = None
+    if ctx.is_main:
+        vectors = catalog_vectors(items, args.vectors, recipe=parse_recipe(args.text_fields),
+                                  progress=not args.no_progress)
+    if ctx.world > 1:
+        import torch.distributed
+
+        box = [vectors]
+        torch.distributed.broadcast_object_list(box, src=0)
+        vectors = box[0]
+    return vectors
+
+
+def _train(args: argparse.Namespace, ctx) -> int:
     import numpy as np
 
     from evaluation.protocol import evaluate
     from evaluation.splits import leave_one_out
-    from mmrec.model.vectors import catalog_vectors
     from mmrec.model.transformer import FusionConfig
     from mmrec.model import FusionRecommender, TrainConfig
 
     items, events = _load_data(args)
     if args.text_fields and not args.vectors.startswith("text"):
         raise UserError("--text-fields applies to 'text:' vectors; a service data dir keeps its own recipe")
-    vectors = catalog_vectors(items, args.vectors, recipe=parse_recipe(args.text_fields),
-                              progress=not args.no_progress)
+    vectors = _shared_vectors(args, items, ctx)
     try:
         split = leave_one_out(events, items=items, max_users=args.max_users, seed=args.seed)
     except ValueError as exc:
@@ -136,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
         warmup_steps=0 if resume else 100,
         batch_size=args.batch_size, loss=args.loss, patience=args.patience,
         max_train_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
-        num_threads=args.threads, seed=args.seed, id_init=args.id_init, progress=not args.no_progress,
+        num_threads=args.threads, seed=args.seed, id_init=args.id_init,
+        progress=not args.no_progress and ctx.is_main,
     )
     if resume:
         rec = FusionRecommender.load(args.resume, aligned, item_ids=split.item_ids, item_market=split.item_market,
@@ -147,12 +189,16 @@ def run(args: argparse.Namespace) -> int:
                            use_ids=not args.no_ids)
         rec = FusionRecommender(aligned, cfg, tc, item_ids=split.item_ids, item_market=split.item_market,
                                 item_products=products, vectors_version=vectors.version)
+    if not ctx.is_main:  # train alongside rank 0, which tests and saves
+        rec.fit(split.train, split.valid, resume=resume)
+        return 0
     print(f"training on {len(split.train):,} events of {split.n_users:,} users over {split.n_items:,} items"
-          + (f" (fine-tuning {args.resume})" if resume else ""))
+          + (f" (fine-tuning {args.resume})" if resume else "")
+          + (f" on {ctx.world} processes (DDP)" if ctx.world > 1 else ""))
     result = evaluate(_Fitted(rec, resume), split, ks=(10,), progress=not args.no_progress)
     summary = {k: round(v, 4) for k, v in result.summary().items() if k in ("ndcg@10", "recall@10", "mrr@10")}
     out = rec.save(args.out, extra={"vectors_spec": vectors.spec, "test": summary,
-                                    "data": args.dataset or args.items})
+                                    "data": args.dataset or args.items, "world_size": ctx.world})
     report = rec.report_
     print(json.dumps({"checkpoint": str(Path(out)), "test_leave_one_out": summary,
                       "best_epoch": report.get("best_epoch"), "stopped": report.get("stopped"),

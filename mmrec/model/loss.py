@@ -13,6 +13,14 @@ from mmrec.model.features import ItemSide
 from mmrec.model.transformer import FusionTransformer
 
 
+def target_mask(batch: dict[str, torch.Tensor], cfg: Any) -> torch.Tensor:
+    """(B, W-1) bool: the positions of a batch of windows that are training targets."""
+    real = batch["real"][:, 1:]
+    if cfg.skip_repeat_targets and "repeat" in batch:
+        real = real & ~batch["repeat"][:, 1:]  # the inputs still show the repeat; it is just not a target
+    return real
+
+
 def next_item_loss(
     model: FusionTransformer,
     items: ItemSide,
@@ -30,9 +38,7 @@ def next_item_loss(
     tgt_item = batch["item"][:, 1:]  # (B, W-1)
     tgt_market = batch["market"][:, 1:]
     lengths = batch["lengths"] - 1
-    real = batch["real"][:, 1:]
-    if cfg.skip_repeat_targets and "repeat" in batch:
-        real = real & ~batch["repeat"][:, 1:]  # the inputs still show the repeat; it is just not a target
+    real = target_mask(batch, cfg)
     if not bool(real.any()):
         return None, 0
     if full:

@@ -5,6 +5,8 @@ Training is next-item prediction at every position of every history (each event 
 with a full softmax over the warm catalog when it fits (ML-1M: 3,706 items) and a sampled softmax
 (in-batch + uniformly sampled negatives, logQ-corrected) for large catalogs. AdamW, linear warmup then
 cosine decay, early stopping on validation NDCG@10 through `evaluation.protocol.evaluate_cases`, seeded.
+Under torchrun (several processes, `mmrec.model.distributed`), each rank trains on its share of every
+global batch through DDP; with one process the loop is the single-process one, unchanged.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from mmrec.errors import UserError
+from mmrec.model import distributed
 from mmrec.model.features import EventCodes, ItemSide, gather, training_windows
 from mmrec.model.loss import next_item_loss
 from mmrec.model.transformer import FusionTransformer
@@ -77,10 +80,15 @@ def train_model(
     log_prefix: str = "mmrec",
 ) -> dict[str, Any]:
     """Train ``model`` in place on the histories in ``codes``; ``catalog`` = item rows that may be
-    targets (sorted); ``validate()`` -> validation NDCG@10 (or None). Returns a training report."""
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    targets (sorted); ``validate()`` -> validation NDCG@10 (or None). Returns a training report.
+
+    In a torch.distributed process group (torchrun) every rank calls this with the same data: the batch
+    order is the same on all ranks (``rng``), each trains on its share of each batch through DDP (dropout
+    and negatives drawn per rank), rank 0 validates and its clock and scores decide for all."""
+    ctx = distributed.context()
+    torch.manual_seed(cfg.seed + ctx.rank)
+    gen = torch.Generator().manual_seed(cfg.seed + ctx.rank)
+    rng = np.random.default_rng(cfg.seed)  # the same global batches on every rank
     starts, lengths = training_windows(codes, model.cfg.max_len, cfg.windows)
     if len(starts) == 0:
         raise UserError("no training history has two or more events")
@@ -103,6 +111,7 @@ def train_model(
     total_steps = cfg.epochs * n_batches
     budget = cfg.max_train_seconds
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    ddp_loss = distributed.DistributedLoss(model, ctx) if ctx.world > 1 else None
     report: dict[str, Any] = {"epochs": [], "stopped": "epochs", "loss": "full" if full else "sampled",
                               "n_windows": int(len(starts)), "n_positions": int((lengths - 1).sum())}
     best, best_state, bad, step = -1.0, None, 0, 0
@@ -120,12 +129,12 @@ def train_model(
         t_epoch, cpu_epoch = time.perf_counter(), time.process_time()
         total, count, out_of_time = 0.0, 0, False
         iterator = batches
-        if cfg.progress:
+        if cfg.progress and ctx.is_main:
             from tqdm.auto import tqdm
 
             iterator = tqdm(batches, desc=f"{log_prefix} epoch {epoch}/{cfg.epochs}", leave=False, unit="batch")
         for idx in iterator:
-            elapsed = time.perf_counter() - t0
+            elapsed = ctx.broadcast(time.perf_counter() - t0)  # rank 0's clock: one schedule, one stop
             if budget is not None and elapsed >= budget:
                 out_of_time = True
                 break
@@ -137,25 +146,31 @@ def train_model(
             factor = cfg.final_lr_ratio + (1 - cfg.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * factor * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-            batch = gather(codes, starts[idx], lengths[idx])
-            loss, n = next_item_loss(model, items, batch, catalog_t, log_q, cfg, full, gen)
+            if ddp_loss is None:
+                batch = gather(codes, starts[idx], lengths[idx])
+                loss, n = next_item_loss(model, items, batch, catalog_t, log_q, cfg, full, gen)
+            else:
+                mine = ctx.shard(idx)
+                batch = gather(codes, starts[mine], lengths[mine]) if len(mine) else None
+                loss, n = ddp_loss(batch, items, catalog_t, log_q, cfg, full, gen)
             step += 1
             if loss is None:
                 continue
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if ddp_loss is None else ddp_loss.weighted(loss, n)).backward()
             opt.step()
             total += float(loss.detach()) * n
             count += n
-        if cfg.progress and hasattr(iterator, "close"):
+        if hasattr(iterator, "close"):
             iterator.close()
+        total, count = ctx.sum(total, count)  # the epoch's loss over every rank's targets
         entry = {"epoch": epoch, "loss": total / max(1, count), "seconds": time.perf_counter() - t_epoch,
                  "cpu_seconds": time.process_time() - cpu_epoch, "lr": opt.param_groups[0]["lr"]}
         if out_of_time:
             entry["partial"] = True
         if validate is not None and (epoch % cfg.eval_every == 0 or out_of_time or epoch == cfg.epochs):
             model.eval()
-            score = float(validate())
+            score = ctx.broadcast(float(validate()) if ctx.is_main else 0.0)
             entry["valid_ndcg@10"] = score
             if score > best:
                 best, bad, report["best_epoch"] = score, 0, epoch
@@ -164,14 +179,14 @@ def train_model(
                 bad += 1
         report["epochs"].append(entry)
         line = f"{log_prefix} epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in entry.items() if k != "epoch")
-        if cfg.progress:
+        if ctx.is_main and cfg.progress:
             print(line, flush=True)
-        else:
+        elif ctx.is_main:
             log.info(line)
         if validate is not None and bad >= cfg.patience:
             report["stopped"] = "patience"
             break
-        if out_of_time or (budget is not None and time.perf_counter() - t0 >= budget):
+        if out_of_time or (budget is not None and ctx.broadcast(time.perf_counter() - t0) >= budget):
             report["stopped"] = "time budget"
             break
     if best_state is not None:

@@ -12,10 +12,9 @@ Specs (`catalog_vectors`):
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +103,10 @@ def store_config(data_dir: str | Path | None) -> CatalogConfig:
     """The catalog config a service data dir was built with (catalog.json), or the `mmrec serve` defaults."""
     if not data_dir:
         return CatalogConfig()
-    meta = Path(data_dir) / "catalog.json"
-    if not meta.exists():
+    recorded = CatalogConfig.recorded(data_dir)
+    if recorded is None:
         raise UserError(f"{data_dir} is not a service data dir (no catalog.json)")
-    stored = json.loads(meta.read_text()).get("config", {})
-    return CatalogConfig(**{f.name: stored[f.name] for f in fields(CatalogConfig) if f.name in stored})
+    return recorded
 
 
 def store_vectors(items: Any, data_dir: str | Path | None = None, *, progress: bool = True) -> ItemVectors:

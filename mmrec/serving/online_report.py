@@ -49,7 +49,9 @@ class Rate:
 
 
 @dataclass(frozen=True)
-class Group:
+class Outcomes:
+    """What the lists shown to one slice of traffic (a variant, market, position...) led to."""
+
     impressions: int
     users: int
     ctr: Rate
@@ -82,10 +84,10 @@ class OnlineReport:
     impressions: int
     attributed_events: int
     unattributed_events: int  # naming a request id no impression has (erased, or never shown)
-    by_surface: dict[str, Group] = field(default_factory=dict)
-    by_variant: dict[str, Group] = field(default_factory=dict)  # /recommend only, as the rest below
-    by_market: dict[str, Group] = field(default_factory=dict)
-    by_position: dict[int, Group] = field(default_factory=dict)
+    by_surface: dict[str, Outcomes] = field(default_factory=dict)
+    by_variant: dict[str, Outcomes] = field(default_factory=dict)  # /recommend only, as the rest below
+    by_market: dict[str, Outcomes] = field(default_factory=dict)
+    by_position: dict[int, Outcomes] = field(default_factory=dict)
     comparisons: list[Difference] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,7 +153,7 @@ def online_report(impressions: Iterable[Impression], outcomes: Iterable[Attribut
         if position is not None:
             hits_at[(impression.request_id, position)].add(kind)
 
-    def group(members: list[Impression], position: int | None = None) -> Group:
+    def group(members: list[Impression], position: int | None = None) -> Outcomes:
         def rate(kind: str) -> Rate:
             if position is None:
                 successes = sum(kind in hits.get(i.request_id, ()) for i in members)
@@ -160,9 +162,9 @@ def online_report(impressions: Iterable[Impression], outcomes: Iterable[Attribut
             return _rate(successes, len(members), level)
 
         users = len({i.user_id for i in members if i.user_id is not None})
-        return Group(len(members), users, *(rate(kind) for kind in METRICS.values()))
+        return Outcomes(len(members), users, *(rate(kind) for kind in METRICS.values()))
 
-    def by(members: Iterable[Impression], key) -> dict[Any, Group]:
+    def by(members: Iterable[Impression], key) -> dict[Any, Outcomes]:
         groups: dict[Any, list[Impression]] = defaultdict(list)
         for i in members:
             groups[key(i)].append(i)

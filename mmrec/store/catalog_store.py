@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,7 +35,8 @@ DISPLAY_FIELDS = ("title", "description", "has_image")
 class CatalogConfig(EncoderConfig):
     """An `EncoderConfig` (what turns items into vectors) plus where the vectors are kept.
 
-    store: "edge" (a directory under the data dir) or "server" with `store_url`.
+    store: "edge" (a directory under the data dir) or "server" with `store_url` (its API key from
+      $QDRANT_API_KEY), `shard_number` and `replication_factor` applying when the collection is created.
     reindex_every: build the HNSW graph in the background once this many points are not in it (checked
       at startup and after upserts); until then new points are scanned exactly, which is fast at that size.
     """
@@ -42,7 +44,18 @@ class CatalogConfig(EncoderConfig):
     store: str = "edge"
     store_url: str | None = None
     collection: str = "items"
+    shard_number: int | None = None  # server: shards / copies of a new collection (a cluster's defaults if None)
+    replication_factor: int | None = None
     reindex_every: int = 5_000
+
+    @classmethod
+    def recorded(cls, data_dir: str | Path) -> "CatalogConfig | None":
+        """The config a data dir was built with (its catalog.json), None for a new data dir."""
+        meta = Path(data_dir) / "catalog.json"
+        if not meta.exists():
+            return None
+        stored = json.loads(meta.read_text()).get("config", {})
+        return cls(**{f.name: stored[f.name] for f in fields(cls) if f.name in stored})
 
 
 ItemRecord = Item  # the 0.1 name of an upserted item: one item class now (`mmrec.Item`); kept one release
@@ -83,7 +96,9 @@ class VectorCache:
 @dataclass
 class Recommendation:
     """One result: the item, its score, its stored payload, and the history items that most support it
-    as (item_id, weight) pairs. Content-based and model-based recommending both return these."""
+    as (item_id, attribution) pairs: how much the result's score drops without that history item (largest
+    first, positive only; `ServingConfig.reasons="cosine"` gives similarities instead). Content-based and
+    model-based recommending both return these."""
 
     item_id: str
     score: float
@@ -133,7 +148,10 @@ class CatalogStore:
         if config.store == "edge":
             store = open_store("edge", path=data_dir / "store", schema=schema)
         else:
-            store = open_store("server", url=config.store_url, schema=schema, collection=config.collection)
+            # the server's API key comes from the environment, never from catalog.json
+            store = open_store("server", url=config.store_url, schema=schema, collection=config.collection,
+                               shard_number=config.shard_number, replication_factor=config.replication_factor,
+                               api_key=os.environ.get("QDRANT_API_KEY") or None)
         return cls(encoder, store, config.reindex_every)
 
     # --- writes -----------------------------------------------------------------------------------------
@@ -144,19 +162,25 @@ class CatalogStore:
             return []
         with self._encode_lock:
             out = self.encoder.encode(items, errors="raise")
+        return self.upsert_embedded(items, out)
+
+    def upsert_embedded(self, items: Sequence[Item], out: dict[str, np.ndarray]) -> list[str]:
+        """Store items whose vectors this store's encoder already made (e.g. `mmrec embed --store`):
+        `out` = {"text", "image", "fused"} (n, D) arrays, NaN rows where a modality is missing."""
         now = int(time.time())
         points = []
         for i, it in enumerate(items):
+            has_image = bool(np.all(np.isfinite(out["image"][i])))
             vectors: dict[str, np.ndarray] = {"fused": out["fused"][i]}
             if np.all(np.isfinite(out["text"][i])):
                 vectors["text"] = out["text"][i]
-            if out["has_image"][i]:
+            if has_image:
                 vectors["image"] = out["image"][i]
             payload = {
                 "product_id": it.product_id or it.item_id, "language": it.language, "market": it.market,
                 "category": it.category, "price": it.price, "in_stock": it.in_stock,
                 "created_at": it.created_at if it.created_at is not None else now,
-                "title": it.title, "description": it.description, "has_image": bool(out["has_image"][i]),
+                "title": it.title, "description": it.description, "has_image": has_image,
             }
             points.append(Point(it.item_id, vectors, payload))
         self.store.upsert(points, batch_size=max(len(points), 1))
@@ -233,8 +257,9 @@ class CatalogStore:
                   max_history: int = 50) -> tuple[list[Recommendation], list[str]]:
         """Content-based: products whose fused vectors are near the mean of the (most recent) history
         items' and away from `negatives` (e.g. low ratings; Qdrant's average_vector rule), never an item
-        or product already seen. Each result carries the history items most similar to it as reasons.
-        Returns (recommendations, history item ids actually used, newest first)."""
+        or product already seen. Each result carries as reasons the history items whose removal lowers
+        its score most, with that drop (`leave_one_out_reasons`). Returns (recommendations, history item
+        ids actually used, newest first)."""
         neg_set = set(negatives)
         recent = [i for i in dict.fromkeys(reversed(list(history))) if i not in neg_set][:max_history]
         known = self.item_vectors(recent)
@@ -243,7 +268,8 @@ class CatalogStore:
             return [], []
         negs = self.item_vectors(list(dict.fromkeys(negatives))[:max_history]) if negatives else {}
         hist = np.stack([known[i][0] for i in used])
-        query = average_vector_query(hist, np.stack([v for v, _ in negs.values()]) if negs else None)
+        neg_vectors = np.stack([v for v, _ in negs.values()]) if negs else None
+        query = average_vector_query(hist, neg_vectors)
         if not np.any(query):
             return [], used
         # Every stored item has a product_id (it defaults to the item id), so excluding the history's
@@ -256,9 +282,8 @@ class CatalogStore:
         for hit in hits:
             reasons: list[tuple[str, float]] = []
             if hit.item_id in result_vectors:
-                sims = hist @ result_vectors[hit.item_id][0]
-                for j in np.argsort(-sims)[:2]:
-                    reasons.append((used[int(j)], float(sims[j])))
+                drops = leave_one_out_reasons(hist, neg_vectors, result_vectors[hit.item_id][0])
+                reasons = [(used[int(j)], float(drops[j])) for j in np.argsort(-drops, kind="stable")[:2] if drops[j] > 0]
             recs.append(Recommendation(hit.item_id, hit.score, hit.payload, reasons))
         return recs, used
 
@@ -267,6 +292,28 @@ class CatalogStore:
             self._indexing.join()
         self.store.close()
         self.encoder.close()
+
+
+def leave_one_out_reasons(history: np.ndarray, negatives: np.ndarray | None, result: np.ndarray) -> np.ndarray:
+    """(h,) for each history vector: cos(query, result) - cos(query without it, result), the query being
+    `average_vector_query` (what the store searched with). Exact leave-one-out, in closed form: the mean
+    without row i is (sum - row i) / (h - 1). A history left empty scores 0, so the only item of a
+    one-item history is credited with its whole cosine."""
+    history = np.asarray(history, dtype=np.float64)
+    result = np.asarray(result, dtype=np.float64)
+
+    def cosine(q: np.ndarray) -> np.ndarray:
+        norm = np.linalg.norm(q, axis=-1)
+        return np.where(norm > 0, q @ result / np.where(norm > 0, norm, 1.0), 0.0)
+
+    full = cosine(average_vector_query(history, negatives))
+    n = len(history)
+    if n == 1:
+        return np.array([full])
+    means = (history.sum(axis=0)[None, :] - history) / (n - 1)  # (h, C): the mean without row i
+    if negatives is not None and len(negatives):
+        means = 2 * means - np.asarray(negatives, dtype=np.float64).mean(axis=0)[None, :]
+    return full - cosine(means)
 
 
 def _jsonable_config(config: CatalogConfig) -> dict[str, Any]:

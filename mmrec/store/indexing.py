@@ -2,7 +2,7 @@
 training on exactly what the service retrieves with."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -31,6 +31,41 @@ def index_catalog(catalog: CatalogStore, items: Any, *, batch_size: int = 128, p
     if todo:
         catalog.store.build_index()
     return len(todo)
+
+
+def upsert_embedded_rows(catalog: CatalogStore, batches: Iterable[Any], *, total: int | None = None,
+                         progress: bool = True) -> int:
+    """Upsert rows that already carry text_vector / image_vector / fused_vector columns (`mmrec embed`'s
+    output, Arrow tables or record batches) into the store, without embedding again; returns how many."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="upsert listings", unit="item")
+    done = 0
+    dim = catalog.encoder.dim
+    for batch in batches:
+        rows = batch.to_pylist()
+        if not rows:
+            continue
+        vectors = {name: np.asarray([r[f"{name}_vector"] if r[f"{name}_vector"] is not None else [np.nan] * dim
+                                     for r in rows], dtype=np.float32) for name in ("text", "image", "fused")}
+        catalog.upsert_embedded([_record(r) for r in rows], vectors)
+        done += len(rows)
+        if bar is not None:
+            bar.update(len(rows))
+    if bar is not None:
+        bar.close()
+    if done:
+        catalog.store.build_index()
+    return done
+
+
+def _record(r: dict[str, Any]) -> Item:
+    return Item(item_id=r["item_id"], title=r["title"], description=r.get("description"),
+                language=r.get("language"), market=r.get("market"), category=r.get("category"),
+                image_path=r.get("image_path"), price=r.get("price"), attributes=r.get("attributes") or {},
+                product_id=r.get("product_id"), created_at=r.get("created_at"))
 
 
 def stored_vectors(catalog: CatalogStore, item_ids: np.ndarray) -> np.ndarray:
