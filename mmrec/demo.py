@@ -151,15 +151,17 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
                                           for m in METRICS))
 
         step(f"recommend: {config.history_market} shoppers' histories -> listings of the "
-             f"{config.target_market} storefront, with reasons")
+             f"{config.target_market} storefront, with reasons (how much each result's log-probability "
+             "drops without that history item)")
         ranker = load_ranker(model_path, catalog)
         examples = example_recommendations(ranker, ds, config)
         for ex in examples:
             say(f"\n   shopper {ex['user']} (history in {config.history_market}, newest last): "
                 + ", ".join(ex["history"]))
             for r in ex["recommendations"]:
+                because = ", ".join(f"{b['title']} ({b['attribution']:+.2f})" for b in r["because"]) or "-"
                 say(f"     -> {r['title']}  [{r['item_id']}, {r['language']}]  ({r['english']})  "
-                    f"because of: {', '.join(r['because'])}")
+                    f"because of: {because}")
     finally:
         catalog.close()
 
@@ -181,8 +183,8 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
 
 def example_recommendations(ranker: Any, ds: Any, config: DemoConfig) -> list[dict[str, Any]]:
     """Recommendations for a few shoppers whose whole recent history is in ``history_market``, asked
-    for the ``target_market`` storefront (another language): each with the titles of the history items
-    that support it most."""
+    for the ``target_market`` storefront (another language): each with the history items whose removal
+    makes it least likely, and by how much (the drop in log-probability, `mmrec.model.attribution`)."""
     items = ds.items.select_columns(["item_id", "product_id", "title", "language", "market"]).to_pandas()
     title = dict(zip(items.item_id, items.title))
     english = dict(zip(items.product_id[items.language == "en"], items.title[items.language == "en"]))
@@ -205,7 +207,8 @@ def example_recommendations(ranker: Any, ds: Any, config: DemoConfig) -> list[di
             "recommendations": [{"item_id": r.item_id, "title": r.payload.get("title"),
                                  "language": r.payload.get("language"), "market": r.payload.get("market"),
                                  "english": english.get(product.get(r.item_id), ""), "score": round(r.score, 3),
-                                 "because": [title.get(i, i) for i, _ in r.reasons]} for r in recs]})
+                                 "because": [{"item_id": i, "title": title.get(i, i), "attribution": round(a, 4)}
+                                             for i, a in r.reasons]} for r in recs]})
         if len(out) == config.n_examples:
             break
     if not out:

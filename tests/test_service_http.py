@@ -125,7 +125,8 @@ def test_recommend_for_a_history_with_reasons(api):
     for r in body["results"]:
         assert r["product_id"] not in ("coffee", "bicycle")
         assert {x["item_id"] for x in r["reasons"]} <= {"coffee:en", "bicycle:de"}
-        assert r["reasons"] == sorted(r["reasons"], key=lambda x: -x["similarity"])
+        assert r["reasons"] == sorted(r["reasons"], key=lambda x: -x["attribution"])
+        assert all(x["attribution"] > 0 for x in r["reasons"])  # positive only: removing it lowers the result
 
 
 def test_low_ratings_count_against_items(api):

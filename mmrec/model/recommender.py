@@ -12,6 +12,8 @@ import torch
 
 from evaluation import EvalSet, Histories, Interactions, Recommendations, as_histories, evaluate_cases, top_k
 from mmrec.errors import UserError
+from mmrec.model.attribution import (leave_one_out_rows, log_probabilities, sequential_reasons, window_items,
+                                     without_items)
 from mmrec.model.checkpoint import load_checkpoint, save_checkpoint
 from mmrec.model.features import EventCodes, ItemSide, gather, market_codes
 from encoders.threads import torch_threads
@@ -158,8 +160,9 @@ class FusionRecommender:
 
     @torch.no_grad()
     def user_vectors(self, histories: Histories | Sequence[Sequence[int]], batch_size: int = 256,
-                     values: np.ndarray | None = None) -> np.ndarray:
-        """(n, d) user vector of each history (its last event's hidden state + storefront market)."""
+                     values: np.ndarray | None = None, table: torch.Tensor | None = None) -> np.ndarray:
+        """(n, d) user vector of each history (its last event's hidden state + storefront market).
+        ``table``: the item table when the caller already has it (many calls with one model)."""
         if self.model_ is None:
             raise RuntimeError("call fit() first")
         h = as_histories(histories)
@@ -178,7 +181,8 @@ class FusionRecommender:
         lengths_all = h.lengths
         nonempty = np.flatnonzero(lengths_all > 0)
         with torch_threads(self.train_config.num_threads):
-            table = model.item_table(items.content, items.ids, items.market)
+            if table is None:
+                table = model.item_table(items.content, items.ids, items.market)
             for s in range(0, len(nonempty), batch_size):
                 rows = nonempty[s : s + batch_size]
                 lengths = np.minimum(lengths_all[rows], cfg.max_len)
@@ -210,6 +214,86 @@ class FusionRecommender:
             scores[:, self._item_side().ids.numpy() == 0] += self.cold_offset
         scores[h.lengths == 0] = 0.0
         return top_k(scores, k, histories=h if exclude_seen else None, candidates=candidates)
+
+    def _candidates(self, h: Histories, candidates: Sequence[np.ndarray] | np.ndarray | None) -> list[np.ndarray]:
+        """Per row, the items its results were ranked among (sorted): ``candidates`` (one array for all
+        rows, or one per row; None = every item) minus the row's history, as `recommend` ranks them."""
+        n = len(self.item_vectors)
+        if candidates is None or (isinstance(candidates, np.ndarray) and candidates.ndim == 1):
+            base = np.arange(n) if candidates is None else np.asarray(candidates, dtype=np.int64)
+            per_row = [base] * len(h)
+        else:
+            per_row = [np.asarray(c, dtype=np.int64) for c in candidates]
+        return [np.setdiff1d(per_row[b], h[b]) for b in range(len(h))]
+
+    def _value_of(self, table: np.ndarray, cands: list[np.ndarray], targets: np.ndarray):
+        """(row b, user vectors) -> log p(row b's targets) among its candidates (`log_probabilities`)."""
+        cold = self._item_side().ids.numpy() == 0
+        bias = [self.cold_offset * cold[c] if self.cold_offset else None for c in cands]
+        where = []
+        for b, c in enumerate(cands):
+            pos = np.searchsorted(c, targets[b])
+            if np.any(pos >= len(c)) or np.any(c[np.minimum(pos, len(c) - 1)] != targets[b]):
+                raise ValueError(f"row {b}: a target is not among its candidates (or is in its history)")
+            where.append(pos)
+        return lambda b, users: log_probabilities(users, table[cands[b]], where[b], bias[b])
+
+    @torch.no_grad()
+    def attributions(self, histories: Histories | Sequence[Sequence[int]], targets: np.ndarray,
+                     candidates: Sequence[np.ndarray] | np.ndarray | None = None, values: np.ndarray | None = None,
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Leave-one-out attribution (`mmrec.model.attribution`) of each row's history items to its
+        targets (n, K): per row, (items (U,), values (U, K)) with values[u, k] = log p(targets[k] | row)
+        - log p(targets[k] | row without any event of items[u]), p = the softmax over the row's
+        candidates (see `_candidates`); items newest first. One batched forward over all reduced rows."""
+        if self.model_ is None:
+            raise RuntimeError("call fit() first")
+        h = as_histories(histories)
+        targets = np.asarray(targets, dtype=np.int64).reshape(len(h), -1)
+        table_t, table = self._table()
+        value_of = self._value_of(table, self._candidates(h, candidates), targets)
+        reduced = leave_one_out_rows(h, self.model_.cfg.max_len)
+        full = self.user_vectors(h, values=values, table=table_t)
+        without = self.user_vectors(reduced.histories, table=table_t,
+                                    values=None if values is None else values[reduced.positions])
+        out = []
+        for b in range(len(h)):
+            rows = np.flatnonzero(reduced.owner == b)
+            items = np.asarray([reduced.removed[r][0] for r in rows], dtype=np.int64)
+            out.append((items, value_of(b, full[b : b + 1]) - value_of(b, without[rows])))
+        return out
+
+    @torch.no_grad()
+    def explain(self, histories: Histories | Sequence[Sequence[int]], targets: np.ndarray, n_reasons: int = 2,
+                candidates: Sequence[np.ndarray] | np.ndarray | None = None, values: np.ndarray | None = None,
+                ) -> list[list[list[tuple[int, float]]]]:
+        """Reasons per row and target (n, K): up to ``n_reasons`` (history item, drop in log-probability)
+        pairs by sequential leave-one-out deletion (`mmrec.model.attribution.sequential_reasons`), largest
+        first. The first reason chosen is the leave-one-out top item (`attributions`); the values of a
+        result's reasons add up to its drop without all of them."""
+        if self.model_ is None:
+            raise RuntimeError("call fit() first")
+        h = as_histories(histories)
+        targets = np.asarray(targets, dtype=np.int64).reshape(len(h), -1)
+        table_t, table = self._table()
+        value_of = self._value_of(table, self._candidates(h, candidates), targets)
+        full = self.user_vectors(h, values=values, table=table_t)
+        full_values = np.concatenate([value_of(b, full[b : b + 1]) for b in range(len(h))])
+
+        def users_without(owner: list[int], sets: list[tuple]) -> np.ndarray:
+            reduced = without_items(h, [list(s) for s in sets], owner)
+            return self.user_vectors(reduced.histories, table=table_t,
+                                     values=None if values is None else values[reduced.positions])
+
+        items = [[int(x) for x in window_items(h[b], self.model_.cfg.max_len + 1)] for b in range(len(h))]
+        return sequential_reasons(items, full_values, value_of, users_without, n_reasons)
+
+    def _table(self) -> tuple[torch.Tensor, np.ndarray]:
+        """The item table once, as a tensor (for `user_vectors`) and as an array."""
+        items = self._item_side()
+        with torch_threads(self.train_config.num_threads):
+            table = self.model_.item_table(items.content, items.ids, items.market)
+        return table, table.numpy()
 
     def tune_cold_offset(self, valid: EvalSet, grid: Sequence[float] = (0, 0.5, 1, 1.5, 2, 3, 4, 6, 8)) -> float:
         """Pick the score offset for items without an ID (cold items) that maximises NDCG@10 on

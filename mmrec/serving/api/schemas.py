@@ -184,8 +184,10 @@ class SearchOut(BaseModel):
 
 
 class Reason(BaseModel):
-    item_id: str = Field(description="a history item this result resembles")
-    similarity: float
+    item_id: str = Field(description="a history item behind this result")
+    attribution: float = Field(description="how much less likely (log-probability) this result is without the "
+                               "item; largest first, positive only (content-based service: the cosine drop)")
+    similarity: float = Field(deprecated=True, description="= attribution, the 0.1 name; removed next release")
 
 
 class RecommendationOut(ResultOut):
@@ -260,5 +262,5 @@ def search_out(groups: list[Group]) -> dict[str, Any]:
 
 
 def recommendation_out(rec: Recommendation) -> dict[str, Any]:
-    reasons = [{"item_id": i, "similarity": s} for i, s in rec.reasons]
+    reasons = [{"item_id": i, "attribution": a, "similarity": a} for i, a in rec.reasons]
     return item_out(rec.payload, rec.item_id, score=rec.score, reasons=reasons)
