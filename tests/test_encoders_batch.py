@@ -82,7 +82,8 @@ def test_crash_keeps_finished_batches(use, tmp_path):
 
 
 def test_dataset_in_dataset_out_with_missing_text(use, tmp_path):
-    from mmrec.embedding.embed import as_dataset, embed_catalog
+    from mmrec.data.catalog import as_dataset
+    from mmrec.embedding.embed import embed_catalog
     from mmrec.embedding.item_encoder import ItemEncoder
     from mmrec.errors import UserError
 

@@ -13,8 +13,9 @@ import pytest
 
 from mmrec.data.schema import Event
 from mmrec.serving.event_log import EventLog, EventLogInUse, FileEventLog
+from mmrec.serving.logs import open_interaction_log
 from mmrec.serving.interaction_log import (
-    Attributed, EventLogError, Impression, InteractionLog, Shown, open_interaction_log,
+    Attributed, EventLogError, Impression, InteractionLog, Shown,
 )
 from mmrec.serving.memory_log import MemoryEventLog
 from redis_support import RedisServer, needs_redis

@@ -1,9 +1,12 @@
-"""A catalog by name or path, and its rows grouped into products (a product listed in several languages is
+"""A catalog by name, path, Dataset or list of items, and its rows grouped into products (a product listed in several languages is
 one product with several titles): what text tuning and adapter training learn from."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import datasets
 
 from encoders.adapter_training import CatalogProduct
 from mmrec.data.io import load_catalog
@@ -39,3 +42,30 @@ def load_catalog_items(catalog: str) -> Any:
         raise UserError(f"{catalog!r} is neither a built-in dataset ({', '.join(datasets.names())}) nor a file")
     items, _ = load_catalog(catalog)
     return items
+
+
+def as_dataset(catalog: Any) -> datasets.Dataset:
+    """A Dataset from a Dataset, a built-in dataset name, a catalog file, or an iterable of items/dicts."""
+    if isinstance(catalog, datasets.Dataset):
+        ds = catalog
+    elif isinstance(catalog, (str, Path)):
+        ds = load_catalog_items(str(catalog))
+    elif isinstance(catalog, Iterable):
+        rows = []
+        for item in catalog:
+            if hasattr(item, "to_row"):
+                rows.append(item.to_row())
+            elif isinstance(item, Mapping):
+                rows.append(dict(item))
+            else:
+                raise UserError(f"cannot embed an item of type {type(item).__name__}: give mmrec.Item, dicts or a Dataset")
+        if not rows:
+            raise UserError("nothing to embed: the catalog is empty")
+        ds = datasets.Dataset.from_list(rows)
+    else:
+        raise UserError(f"cannot embed {type(catalog).__name__}: give a Dataset, a catalog path or an iterable of items")
+    if len(ds) == 0:
+        raise UserError("nothing to embed: the catalog is empty")
+    if "title" not in ds.column_names:
+        raise UserError(f"the catalog has no 'title' column (columns: {', '.join(ds.column_names)})")
+    return ds

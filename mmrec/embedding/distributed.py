@@ -138,7 +138,7 @@ def _source(catalog: Any, ray: Any, workers: int, batch_size: int) -> tuple[Any,
             raise UserError("the catalog has no 'item_id' column: the ray engine keys its output by listing")
         ids = pa.concat_tables(ray.get(catalog.select_columns(["item_id"]).to_arrow_refs()))["item_id"]
         return catalog, ids.combine_chunks()
-    from mmrec.embedding.embed import as_dataset
+    from mmrec.data.catalog import as_dataset
 
     ds = as_dataset(catalog)
     if "item_id" not in ds.column_names:

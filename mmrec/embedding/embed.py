@@ -8,13 +8,14 @@ encoder on a Ray Data actor pool instead (`mmrec.embedding.distributed`, optiona
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 
+from mmrec.data.catalog import as_dataset
 from mmrec.embedding.item_encoder import EncoderConfig, ItemEncoder, load_item_encoder
 from mmrec.embedding.recipe import DEFAULT_FIELDS
 from mmrec.errors import UserError
@@ -22,35 +23,6 @@ from mmrec.errors import UserError
 log = logging.getLogger(__name__)
 
 VECTOR_COLUMNS = ("text", "image", "fused")
-
-
-def as_dataset(catalog: Any) -> datasets.Dataset:
-    """A Dataset from a Dataset, a built-in dataset name, a catalog file, or an iterable of items/dicts."""
-    if isinstance(catalog, datasets.Dataset):
-        ds = catalog
-    elif isinstance(catalog, (str, Path)):
-        from mmrec.data.catalog import load_catalog_items
-
-        ds = load_catalog_items(str(catalog))
-    elif isinstance(catalog, Iterable):
-        rows = []
-        for item in catalog:
-            if hasattr(item, "to_row"):
-                rows.append(item.to_row())
-            elif isinstance(item, Mapping):
-                rows.append(dict(item))
-            else:
-                raise UserError(f"cannot embed an item of type {type(item).__name__}: give mmrec.Item, dicts or a Dataset")
-        if not rows:
-            raise UserError("nothing to embed: the catalog is empty")
-        ds = datasets.Dataset.from_list(rows)
-    else:
-        raise UserError(f"cannot embed {type(catalog).__name__}: give a Dataset, a catalog path or an iterable of items")
-    if len(ds) == 0:
-        raise UserError("nothing to embed: the catalog is empty")
-    if "title" not in ds.column_names:
-        raise UserError(f"the catalog has no 'title' column (columns: {', '.join(ds.column_names)})")
-    return ds
 
 
 def iter_rows(ds: datasets.Dataset, chunk: int = 256) -> Iterator[dict[str, Any]]:

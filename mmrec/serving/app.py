@@ -121,7 +121,7 @@ def open_services(data_dir: str | Path, config: Any, model: str | Path | None = 
     checkpoint path or "content", with its traffic share), or one variant "default" of `model` (a fusion
     transformer checkpoint from `mmrec train`; None: content-based). Checkpoints are checked against the
     catalog's vector space."""
-    from mmrec.serving.interaction_log import open_interaction_log
+    from mmrec.serving.logs import open_interaction_log
     from mmrec.serving.markets import Markets
     from mmrec.store.catalog_store import CatalogStore
 

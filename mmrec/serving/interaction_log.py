@@ -10,19 +10,17 @@ Two kinds of records, kept by the same backend so that one erasure reaches both:
 Backends: a JSON-lines file pair in the data dir (`mmrec.serving.event_log.FileEventLog`, one process per
 data dir), Redis (`mmrec.serving.redis_log.RedisEventLog`, shared by any number of service replicas), and
 memory only for simulations and tests (`mmrec.serving.memory_log.MemoryEventLog`).
-`open_interaction_log` picks one of the first two from `mmrec serve --events`. Both acknowledge a write
+`mmrec.serving.logs.open_interaction_log` picks one of the first two from `mmrec serve --events`. Both acknowledge a write
 only once it is on disk (fsync; Redis with `appendonly yes` and `appendfsync always`), and both erase a
 user's events and impressions so that no file or key holds the user id afterwards.
 """
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mmrec.data.schema import Event
@@ -173,17 +171,3 @@ class InteractionLog(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
-
-
-def open_interaction_log(events: str | None, data_dir: str | os.PathLike[str]) -> InteractionLog:
-    """The log `mmrec serve --events` names: None or "file" -> DATA_DIR/events.jsonl (+ impressions.jsonl
-    beside it); "redis://[:PASSWORD@]HOST:PORT/DB" -> that Redis (see mmrec.serving.redis_log)."""
-    if events is None or events == "file":
-        from mmrec.serving.event_log import FileEventLog
-
-        return FileEventLog(Path(data_dir) / "events.jsonl")
-    if events.startswith(("redis://", "rediss://", "unix://")):
-        from mmrec.serving.redis_log import RedisEventLog
-
-        return RedisEventLog(events)
-    raise ValueError("--events must be 'file' or a redis://[:PASSWORD@]HOST:PORT/DB URL")
