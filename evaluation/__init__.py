@@ -20,7 +20,7 @@ Typical use::
 """
 from __future__ import annotations
 
-from .ab import ab_split, interleave
+from .ab import ab_split, interleave, wilson_interval
 from .data import EvalSet, Histories, Interactions, Split, as_histories
 from .metrics import (
     catalog_coverage,
@@ -46,6 +46,6 @@ __all__ = [
     "leave_one_out", "temporal_split", "cold_start_split", "cross_market_split",
     "Recommender", "Recommendations", "top_k", "evaluate", "evaluate_cases", "EvalResult",
     "bootstrap_ci", "paired_bootstrap", "paired_t_test", "compare",
-    "interleave", "ab_split",
+    "interleave", "ab_split", "wilson_interval",
     "Report", "build_report", "write_report", "format_table",
 ]

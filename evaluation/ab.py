@@ -23,10 +23,10 @@ import numpy as np
 from .data import EvalSet
 from .protocol import Recommender, evaluate_cases
 
-__all__ = ["InterleavingResult", "ABResult", "team_draft", "interleave", "ab_split"]
+__all__ = ["InterleavingResult", "ABResult", "team_draft", "interleave", "ab_split", "wilson_interval"]
 
 
-def _wilson(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a proportion (well-behaved near 0 and 1 and for small n); NaN when n = 0."""
     if n == 0:
         return math.nan, math.nan
@@ -153,7 +153,7 @@ def interleave(
         wins_b += cb > ca
     n = len(cases)
     decided = wins_a + wins_b
-    low, high = _wilson(wins_a, decided, level)
+    low, high = wilson_interval(wins_a, decided, level)
     return InterleavingResult(
         model_a=getattr(model_a, "name", "a"), model_b=getattr(model_b, "name", "b"), sessions=n,
         wins_a=wins_a, wins_b=wins_b, ties=n - decided,
@@ -196,8 +196,8 @@ def ab_split(
     ca, na = ctr(model_a, idx_a)
     cb, nb = ctr(model_b, idx_b)
     pa, pb = (ca / na if na else math.nan), (cb / nb if nb else math.nan)
-    la, ha = _wilson(ca, na, level)
-    lb, hb = _wilson(cb, nb, level)
+    la, ha = wilson_interval(ca, na, level)
+    lb, hb = wilson_interval(cb, nb, level)
     z = float(stats.norm.ppf(0.5 + level / 2))
     se = math.sqrt(pa * (1 - pa) / na + pb * (1 - pb) / nb) if na and nb else math.nan
     return ABResult(

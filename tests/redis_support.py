@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service_support import free_port
+from service_support import free_port, stop_process
 
 REDIS_SERVER = shutil.which("redis-server")
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (make setup as root)")
@@ -61,11 +61,5 @@ class RedisServer:
         self.client.close()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
+        stop_process(self.proc)
         self.client.close()

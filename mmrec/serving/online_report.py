@@ -210,11 +210,11 @@ def from_data_dir(data_dir: str | os.PathLike[str], **kwargs: Any) -> OnlineRepo
 
 
 def _rate(successes: int, n: int, level: float) -> Rate:
-    from evaluation.ab import _wilson
+    from evaluation.ab import wilson_interval
 
     if n == 0:
         return Rate(0, 0, None, None, None)
-    low, high = _wilson(successes, n, level)
+    low, high = wilson_interval(successes, n, level)
     return Rate(successes, n, successes / n, low, high)
 
 
