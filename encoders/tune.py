@@ -62,11 +62,12 @@ class TextTuneConfig:
 
 def tune_text_encoder(base_dir: str | Path, groups: Sequence[Sequence[str]], out_dir: str | Path,
                       config: TextTuneConfig | None = None, *, prefix: str = "", meta: dict[str, Any] | None = None,
-                      progress: bool = True) -> Path:
+                      weights: Sequence[float] | None = None, progress: bool = True) -> Path:
     """Fine-tune the model in `base_dir` so that texts of one group embed together; write it to `out_dir`.
 
     groups: texts that mean the same thing (a product's titles in several languages); groups with fewer than
-    two distinct texts are skipped. prefix: prepended to every text (e5: "passage: "). meta["version"], if
+    two distinct texts are skipped. weights: how often each group is drawn relative to the others (default:
+    all alike), e.g. a catalog's own products more often than extra parallel data. prefix: prepended to every text (e5: "passage: "). meta["version"], if
     given, names the result in encoder versions (cache keys); else a digest of recipe, base and texts does.
     The directory is written aside and renamed into place, so an interrupted run leaves nothing half-written
     and a failed one leaves an earlier model where it was.
@@ -75,8 +76,12 @@ def tune_text_encoder(base_dir: str | Path, groups: Sequence[Sequence[str]], out
     from transformers import AutoModel, AutoTokenizer
 
     config = config or TextTuneConfig()
-    usable = [list(dict.fromkeys(g)) for g in groups]
-    usable = [g for g in usable if len(g) >= 2]
+    if weights is not None and (len(weights) != len(groups) or not all(math.isfinite(w) and w > 0 for w in weights)):
+        raise ValueError("text tuning weights: one finite weight > 0 per group")
+    distinct = [list(dict.fromkeys(g)) for g in groups]
+    keep = [i for i, g in enumerate(distinct) if len(g) >= 2]
+    usable = [distinct[i] for i in keep]
+    draw = [float(weights[i]) for i in keep] if weights is not None else None
     if len(usable) < 2:
         raise ValueError(f"text tuning needs at least 2 groups with 2 different texts, got {len(usable)}")
     config.validate()  # a config changed after creation
@@ -98,11 +103,12 @@ def tune_text_encoder(base_dir: str | Path, groups: Sequence[Sequence[str]], out
     try:
         with torch.random.fork_rng():  # seed dropout without touching the caller's random state
             torch.manual_seed(config.seed)
-            _train(model, tokenizer, optimiser, usable, batch, config, prefix, rng, losses, progress)
+            _train(model, tokenizer, optimiser, usable, batch, config, prefix, rng, losses, progress, draw)
     finally:
         torch.set_num_threads(threads_before)
     model.eval()
-    data = hashlib.sha256(json.dumps([str(base_dir.resolve()), prefix, usable], ensure_ascii=False).encode())
+    data = hashlib.sha256(json.dumps([str(base_dir.resolve()), prefix, usable, *([draw] if draw else [])],
+                                     ensure_ascii=False).encode())
     info = {"format": TUNE_FORMAT, "base": str(base_dir), "config": asdict(config), "digest": config.digest(),
             "version": f"{config.digest()}-{data.hexdigest()[:10]}",
             "groups": len(usable), "texts": sum(len(g) for g in usable), "prefix": prefix,
@@ -114,15 +120,21 @@ def tune_text_encoder(base_dir: str | Path, groups: Sequence[Sequence[str]], out
 
 
 def _train(model, tokenizer, optimiser, groups: list[list[str]], batch: int, config: TextTuneConfig, prefix: str,
-           rng: random.Random, losses: list[float], progress: bool) -> None:
-    """The training loop: `config.steps` steps of symmetric InfoNCE over `batch` groups x 2 texts."""
+           rng: random.Random, losses: list[float], progress: bool, weights: list[float] | None = None) -> None:
+    """The training loop: `config.steps` steps of symmetric InfoNCE over `batch` groups x 2 texts (groups drawn
+    without replacement, in proportion to `weights` if given: Efraimidis-Spirakis keys)."""
     import torch
     from tqdm.auto import tqdm
 
     labels = torch.arange(batch)
     with tqdm(range(config.steps), desc="tuning text encoder", unit="step", disable=not progress) as bar:
         for _ in bar:
-            pairs = [rng.sample(g, 2) for g in rng.sample(groups, batch)]
+            if weights is None:
+                chosen = rng.sample(groups, batch)
+            else:
+                keys = [rng.random() ** (1.0 / w) for w in weights]
+                chosen = [groups[i] for i in sorted(range(len(groups)), key=keys.__getitem__, reverse=True)[:batch]]
+            pairs = [rng.sample(g, 2) for g in chosen]
             texts = [prefix + p[0] for p in pairs] + [prefix + p[1] for p in pairs]
             enc = tokenizer(texts, padding=True, truncation=True, max_length=config.max_length, return_tensors="pt")
             hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state

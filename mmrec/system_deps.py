@@ -1,5 +1,6 @@
 """Debian packages the project uses: the colour emoji font and Unicode's emoji groups (built-in data),
-Fashion-MNIST (a benchmark), and redis-server (the shared event log of service replicas; its tests start
+Fashion-MNIST (a benchmark), CLDR's emoji names in ~100 languages (tuning data of the default text
+encoder), and redis-server (the shared event log of service replicas; its tests start
 one on a free port).
 
 Run by `make setup`. As root it installs what is missing; otherwise it says once what is missing and
@@ -22,6 +23,9 @@ PACKAGES: dict[str, str] = {
     "dataset-fashion-mnist": "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
     # `mmrec serve --events redis://...` and the tests of it (they start their own server, not the system's)
     "redis-server": "/usr/bin/redis-server",
+    # emoji names in ~100 languages (mmrec/data/cldr.py): tuning data of the default text encoder and the
+    # languages benchmark (bench/encoders_languages.py)
+    "unicode-cldr-core": "/usr/share/unicode/cldr/common/annotations/en.xml",
 }
 
 

