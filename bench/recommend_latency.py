@@ -1,15 +1,21 @@
-"""End-to-end POST /recommend latency with the fusion transformer behind it, on a 100k-item catalog,
-beside the service's content-based /recommend on the same data, in the same run.
+"""End-to-end POST /recommend and GET /search latency under 1 and 8 concurrent clients, with the fusion
+transformer behind /recommend, on a 100k-item catalog: the service as shipped (micro-batching on), the
+content-based /recommend on the same data, and the same model service with micro-batching off
+(`--batch-window-ms 0`) as the baseline, all in the same run.
 
-    .venv/bin/python bench/recommend_latency.py [--requests 300] [--concurrency 8]
+    .venv/bin/python bench/recommend_latency.py [--requests 300] [--concurrency 8] [--batch-window-ms MS]
+                                                [--work-dir DIR]   # keep and reuse the data dir and model
 
 Catalog: emoji-market (6,706 listings, 14 languages) + The Complete Journey's 92,331 grocery products =
 99,037 items, titles through use-m3 (text-only service: `--image-encoder none`), bulk-loaded into the
 service's embedded Qdrant store with an HNSW index. Model: a fusion transformer trained briefly on the
 emoji-market shopper SIMULATION over the same vectors; the grocery products are cold for it (content path).
-Requests: ad-hoc histories (the last 10 events of simulated shoppers) with k=10, half of them with the
-shopper's market as a filter. The load generator runs on the same 2-core machine as the server.
-Writes bench/results/recommend_latency.json and prints a table.
+/recommend requests: ad-hoc histories (the last 10 events of simulated shoppers) with k=10, half of them with
+the shopper's market as a filter. /search requests: titles of random listings (any of the 15 languages),
+half of them within the listing's market. Each measurement follows a warm-up pass over the same requests.
+The load generator runs on the same 2-core machine as the server; the server's CPU time per request (all
+its threads, from /proc) is reported beside the latencies, as it does not depend on what else the
+machine runs. Writes bench/results/recommend_latency.json and prints a table.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -34,18 +41,24 @@ sys.path.insert(0, str(ROOT))
 
 
 def start(data_dir: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`mmrec serve` on a free port; its log goes to data_dir/../serve-PORT.log (the batchers' batch sizes
+    are logged there at shutdown)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "mmrec.cli", "serve", "--port", str(port), "--data-dir",
-                             str(data_dir), "--text-encoder", "use-m3", "--image-encoder", "none", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    log_path = data_dir.parent / f"serve-{port}.log"
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mmrec.cli", "serve", "--port", str(port), "--data-dir",
+                                 str(data_dir), "--text-encoder", "use-m3", "--image-encoder", "none", *extra],
+                                stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)
+    proc.log_path = log_path  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read()}")
+            raise RuntimeError(f"server exited: {log_path.read_text()[-2000:]}")
         try:
             if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
                 return proc, url
@@ -65,38 +78,61 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-async def run_load(url: str, bodies: list[dict], concurrency: int) -> tuple[list[float], float, int]:
-    """Send every body once with `concurrency` clients; (latencies ms, wall seconds, errors)."""
+async def run_load(url: str, requests: list[tuple[str, dict]], concurrency: int) -> tuple[list[float], float, int]:
+    """Send every request ("/recommend" + JSON body, or "/search" + query parameters) once with
+    `concurrency` clients, each sending its next request when the last one is answered;
+    (latencies ms, wall seconds, errors)."""
     queue: asyncio.Queue = asyncio.Queue()
-    for b in bodies:
-        queue.put_nowait(b)
+    for r in requests:
+        queue.put_nowait(r)
     latencies: list[float] = []
     errors = 0
 
     async def worker(client: httpx.AsyncClient) -> None:
         nonlocal errors
         while not queue.empty():
-            body = queue.get_nowait()
+            path, body = queue.get_nowait()
             t0 = time.perf_counter()
-            r = await client.post("/recommend", json=body)
+            if path == "/search":
+                r = await client.get(path, params=body)
+            else:
+                r = await client.post(path, json=body)
             latencies.append(1000 * (time.perf_counter() - t0))
             errors += r.status_code != 200
-    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=120,
+                                 limits=httpx.Limits(max_connections=concurrency + 2)) as client:
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall = time.perf_counter() - t0
     return latencies, wall, errors
 
 
-def measure(url: str, bodies: list[dict], concurrency: int) -> dict:
-    httpx.post(f"{url}/recommend", json=bodies[0], timeout=120)  # warm-up
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(url: str, path: str, bodies: list[dict], concurrency: int, pid: int) -> dict:
+    """1 client, then `concurrency` clients, over the same requests. A warm-up pass sends every request
+    once first, so that both measurements see the same warm caches (the store's hit-vector cache)."""
+    asyncio.run(run_load(url, [(path, b) for b in bodies], 1))
     out = {}
     for c in (1, concurrency):
-        lat, wall, errors = asyncio.run(run_load(url, bodies, c))
+        cpu0 = cpu_seconds(pid)
+        lat, wall, errors = asyncio.run(run_load(url, [(path, b) for b in bodies], c))
         out[f"{c}_client{'s' if c > 1 else ''}"] = {
             "p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1),
-            "requests_per_s": round(len(lat) / wall, 1), "errors": errors}
+            "requests_per_s": round(len(lat) / wall, 1), "errors": errors,
+            "server_cpu_ms_per_request": round(1000 * (cpu_seconds(pid) - cpu0) / len(lat), 2)}
     return out
+
+
+def scaling(r: dict, concurrency: int) -> dict:
+    """The issue's two goals for one endpoint: rps(N) / rps(1) (>= 3) and p99(N) / p50(1) (<= 4)."""
+    one, many = r["1_client"], r[f"{concurrency}_clients"]
+    return {"rps_ratio": round(many["requests_per_s"] / one["requests_per_s"], 2),
+            "p99_over_p50_1": round(many["p99_ms"] / one["p50_ms"], 2)}
 
 
 def main() -> int:
@@ -104,8 +140,14 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--batch-window-ms", type=float, default=None,
+                    help="the service's micro-batching window (default: mmrec serve's default)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "recommend_latency.json"))
+    ap.add_argument("--note", default="", help="appended to the JSON's note")
+    ap.add_argument("--work-dir", default=None,
+                    help="keep the data dir and model here and reuse them on the next run (default: a temp dir, removed)")
     args = ap.parse_args()
+    load_start = os.getloadavg()
 
     import datasets as hf
 
@@ -118,10 +160,13 @@ def main() -> int:
 
     emoji, grocery = load("emoji-market"), load("complete-journey")
     items = hf.concatenate_datasets([emoji.items, grocery.items])
-    work = Path(tempfile.mkdtemp(prefix="mmrec-latency-"))
+    keep = args.work_dir is not None
+    work = Path(args.work_dir) if keep else Path(tempfile.mkdtemp(prefix="mmrec-latency-"))
     data = work / "data"
-    proc, _ = start(data)  # creates the data dir with the service's encoder settings
-    stop(proc)
+    reuse = keep and (work / "loaded").exists()
+    if not reuse:
+        proc, _ = start(data)  # creates the data dir with the service's encoder settings
+        stop(proc)
     t0 = time.perf_counter()
     vectors = store_vectors(items, str(data))
     embed_s = time.perf_counter() - t0
@@ -129,10 +174,13 @@ def main() -> int:
     store = open_store("edge", path=data / "store", schema=CollectionSchema(text_dim=vectors.dim, image_dim=vectors.dim,
                                                                             fused_dim=vectors.dim))
     t0 = time.perf_counter()
-    store.upsert((Point(r["item_id"], {"fused": vectors.vectors[i], "text": vectors.vectors[i]},
-                        {**{k: r[k] for k in ("product_id", "language", "market", "category", "title")}, "in_stock": True})
-                  for i, r in enumerate(rows)), batch_size=1000)
-    store.build_index()
+    if not reuse:
+        store.upsert((Point(r["item_id"], {"fused": vectors.vectors[i], "text": vectors.vectors[i]},
+                            {**{k: r[k] for k in ("product_id", "language", "market", "category", "title")},
+                             "in_stock": True})
+                      for i, r in enumerate(rows)), batch_size=1000)
+        store.build_index()
+        (work / "loaded").touch()
     n_points = store.count()
     store.close()
     load_s = time.perf_counter() - t0
@@ -143,8 +191,10 @@ def main() -> int:
     rec = FusionRecommender(aligned, FusionConfig(content_dim=vectors.dim, hidden=64, max_len=50),
                             TrainConfig(epochs=args.epochs, lr=3e-3, warmup_steps=50, progress=False),
                             item_ids=split.item_ids, item_market=split.item_market, vectors_version=vectors.version)
-    rec.fit(split.train)
-    ckpt = rec.save(work / "model.pt")
+    ckpt = work / "model.pt"
+    if not (reuse and ckpt.exists()):
+        rec.fit(split.train)
+        ckpt = rec.save(ckpt)
 
     rng = random.Random(0)
     hist = split.test.histories
@@ -156,30 +206,74 @@ def main() -> int:
         if n % 2 == 0 and hist.markets is not None:
             body["market"] = str(hist.markets[hist.indptr[i + 1] - 1])
         bodies.append(body)
+    # /search: titles of random listings (14 languages of emoji-market + English grocery), half of them
+    # searched within the listing's market
+    titles = items.select_columns(["title", "market"])
+    queries = []
+    for n, i in enumerate(rng.sample(range(len(titles)), args.requests)):
+        row = titles[i]
+        query = {"q": row["title"], "k": 10}
+        if n % 2 == 0 and row["market"]:
+            query["market"] = row["market"]
+        queries.append(query)
 
-    results = {}
-    for label, extra in (("fusion_transformer", ("--model", str(ckpt))), ("content_based", ())):
+    from mmrec.serving.batching import DEFAULT_WINDOW_MS
+
+    window = DEFAULT_WINDOW_MS if args.batch_window_ms is None else args.batch_window_ms
+    batched = ("--batch-window-ms", str(window))
+    results: dict = {}
+    baseline: dict = {}
+    batches: dict = {}
+    runs = ((results, ("--model", str(ckpt), *batched), (("fusion_transformer", "/recommend", bodies),
+                                                         ("search", "/search", queries))),
+            (results, batched, (("content_based", "/recommend", bodies),)),
+            (baseline, ("--model", str(ckpt), "--batch-window-ms", "0"),
+             (("fusion_transformer", "/recommend", bodies), ("search", "/search", queries))))
+    for into, extra, measured in runs:
         proc, url = start(data, *extra)
         try:
-            results[label] = measure(url, bodies, args.concurrency)
+            for label, path, reqs in measured:
+                into[label] = measure(url, path, reqs, args.concurrency, proc.pid)
+                print(label, " ".join(extra[-2:]), into[label], flush=True)
         finally:
             stop(proc)
-        print(label, results[label], flush=True)
+        for line in proc.log_path.read_text().splitlines():  # type: ignore[attr-defined]
+            found = re.search(r"([\w:]+) batcher: (\d+) requests in (\d+) batches", line)
+            if found:  # warm-up + 1 client + N clients, per batcher
+                batches[f"{' '.join(extra[-2:])} {found[1]}"] = {"requests": int(found[2]), "batches": int(found[3])}
+    checks = {label: scaling(r, args.concurrency) for label, r in results.items()}
+    checks["baseline_no_batching"] = {label: scaling(r, args.concurrency) for label, r in baseline.items()}
 
     out = {"benchmark": "recommend_latency", "items": n_points, "requests": len(bodies), "k": 10,
            "embed_seconds": round(embed_s, 1), "load_index_seconds": round(load_s, 1),
+           "batch_window_ms": window, "concurrency": args.concurrency,
            "note": "loopback HTTP on the shared 2-core machine, load generator on the same box; the model was "
-                   "trained on the emoji-market shopper SIMULATION",
-           "results": results, "load_avg_end": os.getloadavg()}
+                   "trained on the emoji-market shopper SIMULATION. Each measurement follows a warm-up pass over "
+                   "the same requests. results: the service as shipped (micro-batching on, --batch-window-ms "
+                   "above; content_based is not batched); baseline_no_batching: the same model with "
+                   "--batch-window-ms 0, same run. checks: rps_ratio = rps(N clients) / rps(1), "
+                   "p99_over_p50_1 = p99(N clients) / p50(1 client) (goals: >= 3 and <= 4). "
+                   + ("The data dir and model were reused from an earlier run of this script (--work-dir): "
+                      "embed_seconds / load_index_seconds are then the time to read them back. " if reuse else "")
+                   + args.note,
+           "reused_work_dir": reuse,
+           "results": results, "baseline_no_batching": baseline, "checks": checks, "batches": batches,
+           "load_avg_start": load_start, "load_avg_end": os.getloadavg()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    shutil.rmtree(work, ignore_errors=True)
-    print(f"\nPOST /recommend on {n_points:,} items, k=10, {len(bodies)} requests")
-    print(f"{'recommender':<22}{'clients':>8}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'errors':>8}")
-    for label, r in results.items():
-        for c, m in r.items():
-            print(f"{label:<22}{c.split('_')[0]:>8}{m['p50_ms']:>10.1f}{m['p99_ms']:>10.1f}{m['requests_per_s']:>10.1f}"
-                  f"{m['errors']:>8}")
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nPOST /recommend and GET /search on {n_points:,} items, k=10, {len(bodies)} requests each")
+    print(f"{'endpoint':<34}{'clients':>8}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'errors':>8}"
+          f"{'rps ratio':>11}{'p99/p50(1)':>12}")
+    for prefix, block, check in (("", results, checks), ("no batching: ", baseline, checks["baseline_no_batching"])):
+        for label, r in block.items():
+            for c, m in r.items():
+                extra = ""
+                if c != "1_client":
+                    extra = f"{check[label]['rps_ratio']:>11.2f}{check[label]['p99_over_p50_1']:>12.2f}"
+                print(f"{prefix + label:<34}{c.split('_')[0]:>8}{m['p50_ms']:>10.1f}{m['p99_ms']:>10.1f}"
+                      f"{m['requests_per_s']:>10.1f}{m['errors']:>8}{extra}")
     print(f"wrote {args.out}")
     return 0
 

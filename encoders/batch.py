@@ -85,38 +85,54 @@ class BatchEmbedder:
 
     def embed(self, inputs: Iterable[Input], *, total: int | None = None) -> dict[str, Any]:
         """Vectors for every input, in order: {"text": (n, D), "image": (n, D), "fused": (n, D)} float32 arrays
-        (NaN rows where a modality is missing), "has_image" (n,) bool, "image_errors" {row: message}."""
+        (NaN rows where a modality is missing), "has_image" (n,) bool, "image_errors" {row: message}.
+        Holds every vector in memory: for a large catalog use `embed_batches`, which streams."""
+        chunks: dict[str, list[np.ndarray]] = {f: [] for f in VECTOR_FIELDS}
+        errors: dict[int, str] = {}
+        offset = 0
+        for out in self.embed_batches(inputs, total=total):
+            for f in VECTOR_FIELDS:
+                chunks[f].append(out[f])
+            errors.update({offset + i: m for i, m in out["image_errors"].items()})
+            offset += len(out["fused"])
+        result: dict[str, Any] = {f: (np.concatenate(chunks[f]) if chunks[f] else np.zeros((0, self.dim), np.float32))
+                                  for f in VECTOR_FIELDS}
+        result["has_image"] = np.isfinite(result["image"]).all(axis=1) if offset else np.zeros(0, bool)
+        result["image_errors"] = errors
+        return result
+
+    def embed_batches(self, inputs: Iterable[Input], *, total: int | None = None) -> Iterator[dict[str, Any]]:
+        """The same vectors as `embed`, yielded one batch of `batch_size` inputs at a time (in order; each
+        batch's "image_errors" keys are rows of that batch). Only one batch is held at a time, so memory stays
+        flat however large the catalog; every batch is in the cache before it is yielded (resumable). The
+        run's counts are in `stats` while it goes and when it ends."""
         from tqdm.auto import tqdm
 
         if total is None and hasattr(inputs, "__len__"):
             total = len(inputs)  # type: ignore[arg-type]
         stats = self.stats = EmbedStats()
-        start = time.perf_counter()
-        chunks: dict[str, list[np.ndarray]] = {f: [] for f in VECTOR_FIELDS}
-        errors: dict[int, str] = {}
-        offset = 0
+        resumed = time.perf_counter()  # stats.seconds counts this generator's own time, not the caller's
+        first_error: str | None = None
         bar = tqdm(total=total, desc="embedding", unit="item", disable=not self.progress, dynamic_ncols=True)
-        with torch_threads(self.threads, self.encoder.text_encoder, self.encoder.image_encoder):
-            for batch in _batched(inputs, self.batch_size):
-                texts, images = [t for t, _ in batch], [i for _, i in batch]
-                out = self.embed_batch(texts, images, errors="skip", stats=stats)
-                for f in VECTOR_FIELDS:
-                    chunks[f].append(out[f])
-                errors.update({offset + i: m for i, m in out["image_errors"].items()})
-                offset += len(batch)
-                bar.update(len(batch))
-                bar.set_postfix(cached=stats.cache_hits, bad_images=stats.image_errors, refresh=False)
-        bar.close()
-        stats.seconds = time.perf_counter() - start
-        stats.items = offset
-        result: dict[str, Any] = {f: (np.concatenate(chunks[f]) if chunks[f] else np.zeros((0, self.dim), np.float32))
-                                  for f in VECTOR_FIELDS}
-        result["has_image"] = np.isfinite(result["image"]).all(axis=1) if offset else np.zeros(0, bool)
-        result["image_errors"] = errors
-        if errors:
+        try:
+            with torch_threads(self.threads, self.encoder.text_encoder, self.encoder.image_encoder):
+                for batch in _batched(inputs, self.batch_size):
+                    texts, images = [t for t, _ in batch], [i for _, i in batch]
+                    out = self.embed_batch(texts, images, errors="skip", stats=stats)
+                    stats.items += len(batch)
+                    if first_error is None and out["image_errors"]:
+                        first_error = next(iter(out["image_errors"].values()))
+                    bar.update(len(batch))
+                    bar.set_postfix(cached=stats.cache_hits, bad_images=stats.image_errors, refresh=False)
+                    stats.seconds += time.perf_counter() - resumed
+                    yield out
+                    resumed = time.perf_counter()
+                stats.seconds += time.perf_counter() - resumed
+        finally:
+            bar.close()
+        if stats.image_errors:
             log.warning("%d images could not be decoded; those items got text-only vectors (first: %s)",
-                        len(errors), next(iter(errors.values())))
-        return result
+                        stats.image_errors, first_error)
 
     def embed_batch(self, texts: Sequence[str | None], images: Sequence[Any], *, errors: str = "skip",
                     stats: EmbedStats | None = None) -> dict[str, Any]:

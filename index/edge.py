@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +24,7 @@ import numpy as np
 from index.errors import SchemaError, StoreError, StoreLockedError
 from index.filters import Filter
 from index.schema import HNSW_PAYLOAD_FIELDS, PAYLOAD_INDEXES, CollectionSchema, Group, Hit, Point, point_id
-from index.store import VectorStore, average_vector_query, group_hits
+from index.store import SearchRequest, VectorStore, average_vector_query, group_hits
 
 try:
     import qdrant_edge as qe
@@ -46,7 +47,14 @@ class EdgeOptions:
     smaller segments are scanned exactly (fast at that size). `payload_m` adds graph links per indexed
     payload value so filtered searches (one market) stay on the graph; only the `hnsw_payload_fields` get
     them, as each costs about one more graph build. `quantization="int8"` keeps a
-    scalar-quantized copy in RAM for faster scoring, with rescoring on the originals."""
+    scalar-quantized copy in RAM (Qdrant's recipe: int8, 0.99 quantile, in RAM) that the graph is built
+    and searched with (2.4x less build CPU than float at 20k x 512-d, measured); searches then rescore
+    `quantization_oversampling` x k candidates on the original vectors (`quantization_rescore`), and
+    `exact=True` ignores the int8 copy. Recall at scale: bench/results/store.json.
+    `indexing_threads` is how many threads build the graph (0 = one per CPU this process may use). The
+    build has no idle time (measured with /proc schedstat: its threads are runnable throughout, waiting
+    only for a CPU), so its wall time is its CPU time / threads on an idle machine, and stretches by the
+    share of the CPUs that other busy processes take (bench/store_latency.py reports both)."""
 
     hnsw_m: int = 16
     hnsw_ef_construct: int = 100
@@ -57,7 +65,11 @@ class EdgeOptions:
     hnsw_ef: int | None = None
     max_search_threads: int | None = None
     quantization: str | None = None
+    quantization_rescore: bool = True
+    quantization_oversampling: float = 2.0
+    indexing_threads: int = 0
     flush_on_write: bool = False
+    vector_cache_mb: int = 256  # hit vectors kept as arrays, checked by point version (see EdgeStore._attach)
 
 
 class EdgeStore(VectorStore):
@@ -71,7 +83,16 @@ class EdgeStore(VectorStore):
         self.options = options or EdgeOptions()
         if self.options.quantization not in (None, "int8"):
             raise SchemaError(f"quantization must be None or 'int8', got {self.options.quantization!r}")
+        if not (isinstance(self.options.indexing_threads, int) and self.options.indexing_threads >= 0):
+            raise SchemaError(f"indexing_threads must be an integer >= 0 (0 = one per CPU), "
+                              f"got {self.options.indexing_threads!r}")
+        if not self.options.quantization_oversampling >= 1.0:
+            raise SchemaError(f"quantization_oversampling must be >= 1, got {self.options.quantization_oversampling!r}")
         self._lock = threading.RLock()
+        # (point id, vector name) -> (point version, vector): searches that return vectors (the two-stage
+        # ranker's 200 candidates) read them from here instead of converting 200 x D floats per query
+        self._vectors: OrderedDict[tuple[Any, str], tuple[int, np.ndarray]] = OrderedDict()
+        self._vectors_lock = threading.Lock()
         self._shard: Any = None
         self.schema = self._resolve_schema(schema)
         shard_dir = self.path / "shard"
@@ -120,7 +141,7 @@ class EdgeStore(VectorStore):
             vectors=vectors,
             hnsw_config=qe.HnswIndexConfig(
                 m=opt.hnsw_m, ef_construct=opt.hnsw_ef_construct, full_scan_threshold=opt.full_scan_threshold_kb,
-                payload_m=opt.payload_m,
+                payload_m=opt.payload_m, max_indexing_threads=self.indexing_threads,
             ),
             optimizers=qe.EdgeOptimizersConfig(indexing_threshold=opt.indexing_threshold_kb),
             max_search_threads=opt.max_search_threads,
@@ -177,16 +198,88 @@ class EdgeStore(VectorStore):
         vectors = None
         if with_vectors and sp.vector is not None:
             vectors = {name: np.asarray(v, dtype=np.float32) for name, v in sp.vector.items()}
-        return Hit(item_id=payload.get("item_id", str(sp.id)), score=float(sp.score), payload=payload, vectors=vectors)
+        item_id = payload.get("item_id")  # the engine's UUID only when the payload lacks it (costly per hit)
+        return Hit(item_id=item_id if item_id is not None else str(sp.id), score=float(sp.score), payload=payload,
+                   vectors=vectors)
+
+    @property
+    def indexing_threads(self) -> int:
+        """Threads that build the HNSW graph: the option, or one per CPU this process may run on."""
+        if self.options.indexing_threads:
+            return self.options.indexing_threads
+        try:
+            return max(len(os.sched_getaffinity(0)), 1)
+        except AttributeError:  # pragma: no cover - not Linux
+            return max(os.cpu_count() or 1, 1)
 
     def _params(self, exact: bool, hnsw_ef: int | None = None) -> Any:
-        return qe.SearchParams(hnsw_ef=hnsw_ef or self.options.hnsw_ef, exact=exact)
+        quant = None
+        if self.options.quantization is not None:  # exact = on the original vectors, as without quantization
+            quant = qe.QuantizationSearchParams(ignore=exact, rescore=self.options.quantization_rescore,
+                                                oversampling=self.options.quantization_oversampling)
+        return qe.SearchParams(hnsw_ef=hnsw_ef or self.options.hnsw_ef, exact=exact, quantization=quant)
 
     def _query(self, query: Any, limit: int, filter: Any, params: Any, with_vectors: bool | list[str]) -> list[Hit]:
-        request = qe.QueryRequest(
-            limit=limit, query=query, filter=filter, params=params, with_payload=True, with_vector=with_vectors
-        )
-        return [self._to_hit(sp, bool(with_vectors)) for sp in self._read(lambda s: s.query(request))]
+        request = qe.QueryRequest(limit=limit, query=query, filter=filter, params=params, with_payload=True,
+                                  with_vector=False)
+        using = with_vectors[0] if isinstance(with_vectors, list) and with_vectors else None
+        return self._attach(self._read(lambda s: s.query(request)), using)
+
+    def _query_batch(self, requests: list[Any], usings: list[str | None]) -> list[list[Hit]]:
+        """Several QueryRequests (asking for no vectors) in one engine call (`EdgeShard.query_batch`),
+        results in request order, with the `usings[i]` vector attached when not None."""
+        if len(requests) == 1:
+            return [self._attach(self._read(lambda s: s.query(requests[0])), usings[0])]
+        batch = qe.QueryBatchRequest(requests)
+        answers = self._read(lambda s: s.query_batch(batch))
+        return [self._attach(points, using) for points, using in zip(answers, usings)]
+
+    def _attach(self, points: list[Any], using: str | None) -> list[Hit]:
+        """Hits with their `using` vector (when not None): from the cache where it holds the point at the
+        version the search saw (the engine bumps a point's version on every write to it, so a cached vector
+        is never stale), else retrieved in one call and cached. Converting the engine's vectors to arrays
+        costs more than the search itself for 200 hits; most candidates recur across requests."""
+        hits = [self._to_hit(sp, False) for sp in points]
+        if using is None:
+            return hits
+        keys = [(hit.item_id, using) for hit in hits]  # the payload's id: cheaper than the engine's UUID
+        versions = [int(sp.version) for sp in points]
+        found: dict[int, np.ndarray] = {}
+        with self._vectors_lock:
+            for i, (key, version) in enumerate(zip(keys, versions)):
+                cached = self._vectors.get(key)
+                if cached is not None and cached[0] == version:
+                    found[i] = cached[1]
+                    self._vectors.move_to_end(key)
+        missing = [i for i in range(len(points)) if i not in found]
+        if missing:
+            ids = [points[i].id for i in missing]
+            records = self._read(lambda s: s.retrieve(ids, with_payload=False, with_vector=[using]))
+            fetched = {rec.id: np.asarray(rec.vector[using], dtype=np.float32)
+                       for rec in records if rec.vector and using in rec.vector}
+            for vector in fetched.values():  # shared with the cache: callers get read-only arrays
+                vector.flags.writeable = False
+            capacity = max(int(self.options.vector_cache_mb * 2**20 // (4 * self.schema.vectors[using])), 0)
+            with self._vectors_lock:
+                for i, pid in zip(missing, ids):
+                    vector = fetched.get(pid)
+                    if vector is None:  # deleted since the search: as if it had come without the vector
+                        continue
+                    found[i] = vector
+                    if capacity:
+                        self._vectors[keys[i]] = (versions[i], vector)
+                        self._vectors.move_to_end(keys[i])
+                while len(self._vectors) > capacity:
+                    self._vectors.popitem(last=False)
+        for i, hit in enumerate(hits):
+            if i in found:
+                hit.vectors = {using: found[i]}
+        return hits
+
+    def _request(self, r: SearchRequest, limit: int, hnsw_ef: int | None) -> Any:
+        return qe.QueryRequest(limit=limit, query=qe.Query.Nearest(r.vector.tolist(), using=r.using),
+                               filter=edge_filter(r.filter), params=self._params(r.exact, hnsw_ef),
+                               with_payload=True, with_vector=False)
 
     def _grouped(self, run: Callable[[int], list[Hit]], k: int, group_by: str, group_size: int) -> list[Group]:
         """Over-fetch, group, and fetch more while groups are missing or short and more hits exist."""
@@ -239,6 +332,29 @@ class EdgeStore(VectorStore):
         return self._query(qe.Query.Nearest(query.tolist(), using=using), k, edge_filter(filter),
                            self._params(exact, hnsw_ef), [using] if with_vectors else False)
 
+    def _search_batch(self, requests: list[SearchRequest]) -> list[list[Hit]]:
+        return self._query_batch([self._request(r, r.k, r.hnsw_ef) for r in requests],
+                                 [r.using if r.with_vectors else None for r in requests])
+
+    def _search_groups_batch(self, requests: list[SearchRequest], group_by: str, group_size: int
+                             ) -> list[list[Group]]:
+        """`_grouped` for every request, each round's over-fetches in one engine call."""
+        limits = {i: max(4 * r.k * group_size, 32) for i, r in enumerate(requests)}
+        out: list[list[Group]] = [[] for _ in requests]
+        while limits:
+            pending = list(limits)
+            answers = self._query_batch([self._request(requests[i], limits[i], None) for i in pending],
+                                        [requests[i].using if requests[i].with_vectors else None for i in pending])
+            for i, hits in zip(pending, answers):
+                k, limit = requests[i].k, limits[i]
+                out[i] = groups = group_hits(hits, group_by, k, group_size)
+                done = len(groups) >= k and all(len(g.hits) >= group_size for g in groups)
+                if done or len(hits) < limit or limit >= _GROUP_FETCH_CAP:
+                    del limits[i]
+                else:
+                    limits[i] = min(limit * 4, _GROUP_FETCH_CAP)
+        return out
+
     def _search_groups(self, query: np.ndarray, using: str, k: int, group_by: str, group_size: int,
                        filter: Filter | None, exact: bool, with_vectors: bool) -> list[Group]:
         q, f, params = qe.Query.Nearest(query.tolist(), using=using), edge_filter(filter), self._params(exact)
@@ -259,6 +375,8 @@ class EdgeStore(VectorStore):
 
     # --- maintenance ------------------------------------------------------------------------------------
     def build_index(self) -> None:
+        """Build the HNSW graph (and int8 copy) of every segment over the indexing threshold, then persist
+        it. Blocks (and holds the GIL) until done: call it once after a bulk load, not per batch."""
         with self._lock:
             shard = self._live()
             try:

@@ -16,7 +16,7 @@ import numpy as np
 from index.errors import SchemaError, StoreError
 from index.filters import Filter
 from index.schema import HNSW_PAYLOAD_FIELDS, PAYLOAD_INDEXES, CollectionSchema, Group, Hit, Point, point_id
-from index.store import VectorStore
+from index.store import SearchRequest, VectorStore
 
 from qdrant_client import QdrantClient, models
 
@@ -215,6 +215,14 @@ class ServerStore(VectorStore):
             with_vectors=[using] if with_vectors else False,
         ))
         return [self._to_hit(sp, with_vectors) for sp in result.points]
+
+    def _search_batch(self, requests: list[SearchRequest]) -> list[list[Hit]]:
+        """One `query_batch_points` call for the whole batch (the server plans them together)."""
+        batch = [models.QueryRequest(query=r.vector.tolist(), using=r.using, filter=server_filter(r.filter),
+                                     params=self._params(r.exact, r.hnsw_ef), limit=r.k, with_payload=True,
+                                     with_vector=[r.using] if r.with_vectors else False) for r in requests]
+        result = self._call("query_batch_points", lambda c: c.query_batch_points(self.collection, requests=batch))
+        return [[self._to_hit(sp, r.with_vectors) for sp in answer.points] for answer, r in zip(result, requests)]
 
     def _search_groups(self, query: np.ndarray, using: str, k: int, group_by: str, group_size: int,
                        filter: Filter | None, exact: bool, with_vectors: bool) -> list[Group]:

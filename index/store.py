@@ -6,6 +6,7 @@ edge engine and a Qdrant server reject the same bad input with the same error.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -30,6 +31,20 @@ def average_vector_query(positives: np.ndarray, negatives: np.ndarray | None) ->
     if negatives is None or len(negatives) == 0:
         return pos
     return pos + (pos - negatives.mean(axis=0))
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One query of a batch (`VectorStore.search_batch` / `search_groups_batch`): the arguments of one
+    `search` call, with the same meaning, so a batch answers exactly what the calls one by one would."""
+
+    vector: Any
+    using: str = "fused"
+    k: int = 10
+    filter: Filter | None = None
+    exact: bool = False
+    hnsw_ef: int | None = None
+    with_vectors: bool = False
 
 
 class VectorStore(ABC):
@@ -98,6 +113,22 @@ class VectorStore(ABC):
         `using` vector (as stored: unit length for cosine) in `Hit.vectors`."""
         query = self.schema.check_vector(using, vector, "query")
         return self._search(query, using, _check_k(k), self._check_filter(filter), exact, hnsw_ef, with_vectors)
+
+    def search_batch(self, requests: Sequence[SearchRequest]) -> list[list[Hit]]:
+        """`search` for several queries at once: result i is what `search(**requests[i])` returns. Every
+        request is checked before any runs. Backends with a batch API plan the queries together (one
+        engine call for the concurrent requests of a server instead of one each)."""
+        checked = [self._check_request(r) for r in requests]
+        return self._search_batch(checked) if checked else []
+
+    def search_groups_batch(self, requests: Sequence[SearchRequest], *, group_by: str = "product_id",
+                            group_size: int = 1) -> list[list[Group]]:
+        """`search_groups` for several queries at once (one `group_by` / `group_size` for the batch):
+        result i is what `search_groups` returns for requests[i] (its `hnsw_ef` is not used, as there)."""
+        checked = [self._check_request(r) for r in requests]
+        group_by = self._check_group_by(group_by)
+        group_size = _check_k(group_size, "group_size")
+        return self._search_groups_batch(checked, group_by, group_size) if checked else []
 
     def search_groups(
         self,
@@ -187,6 +218,13 @@ class VectorStore(ABC):
             raise PayloadError(f"filter must be an index.Filter, got {type(filter).__name__}")
         return None if filter.is_empty() else filter
 
+    def _check_request(self, request: SearchRequest) -> SearchRequest:
+        if not isinstance(request, SearchRequest):
+            raise PayloadError(f"a search batch takes index.SearchRequest objects, got {type(request).__name__}")
+        vector = self.schema.check_vector(request.using, request.vector, "query")
+        return SearchRequest(vector, request.using, _check_k(request.k), self._check_filter(request.filter),
+                             bool(request.exact), request.hnsw_ef, bool(request.with_vectors))
+
     @staticmethod
     def _check_group_by(group_by: str) -> str:
         allowed = list(_GROUPABLE)
@@ -235,6 +273,15 @@ class VectorStore(ABC):
         self, query: np.ndarray, using: str, k: int, filter: Filter | None, exact: bool, hnsw_ef: int | None,
         with_vectors: bool,
     ) -> list[Hit]: ...
+
+    def _search_batch(self, requests: list[SearchRequest]) -> list[list[Hit]]:
+        """Checked requests, one by one (backends with a batch API override this)."""
+        return [self._search(r.vector, r.using, r.k, r.filter, r.exact, r.hnsw_ef, r.with_vectors) for r in requests]
+
+    def _search_groups_batch(self, requests: list[SearchRequest], group_by: str, group_size: int
+                             ) -> list[list[Group]]:
+        return [self._search_groups(r.vector, r.using, r.k, group_by, group_size, r.filter, r.exact, r.with_vectors)
+                for r in requests]
 
     @abstractmethod
     def _search_groups(

@@ -31,6 +31,9 @@ _LAZY = {
     "ItemVectors": "mmrec.model.vectors", "catalog_vectors": "mmrec.model.vectors",
     "TwoStageRecommender": "mmrec.serving.two_stage", "ServingConfig": "mmrec.serving.two_stage",
     "load_ranker": "mmrec.serving.two_stage",
+    "ExplorationConfig": "mmrec.serving.exploration", "ExplorationPolicy": "mmrec.serving.exploration",
+    "RecommendRequest": "mmrec.serving.two_stage",
+    "BatchingConfig": "mmrec.serving.batching", "MicroBatcher": "mmrec.serving.batching",
 }
 
 

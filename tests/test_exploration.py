@@ -123,6 +123,7 @@ def test_two_stage_explores_only_with_counts_and_within_its_share(tmp_path):
 
     history = ["i1", "i2", "i3"]
     plain, _ = TwoStageRecommender(model, warm, store).recommend(history, k=10)
+    assert not any(r.explored for r in plain)
     off = TwoStageRecommender(model, warm, store, item_counts=counts)  # counts given, exploration disabled
     assert [r.item_id for r in off.recommend(history, k=10)[0]] == [r.item_id for r in plain]
     cfg = ServingConfig(exploration=ExplorationConfig(enabled=True, max_share=0.2, base_ctr=0.05))
@@ -135,6 +136,7 @@ def test_two_stage_explores_only_with_counts_and_within_its_share(tmp_path):
         assert len(ids) == 10 and not set(ids) & set(history)
         extra = [i for i in ids if i not in ranked]
         assert len(extra) <= 2 and all(int(i[1:]) >= 20 for i in extra)
+        assert {r.item_id for r in page if r.explored} == set(extra)  # the flag the service returns
         assert all(r.reasons is not None for r in page)
         again, _ = on.recommend(history, k=10, rng=np.random.default_rng(seed))
         assert [r.item_id for r in again] == ids

@@ -187,3 +187,54 @@ def test_concurrent_reads_and_writes_from_threads(tmp_path):
     assert not errors, errors
     assert store.count() == 500 + 4 * 40 * 5
     store.close()
+
+
+def _clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(max(n // 50, 4), dim))
+    x = centres[rng.integers(0, len(centres), size=n)] + 0.5 * rng.normal(size=(n, dim))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_int8_quantization_with_rescoring_matches_exact_search(tmp_path):
+    """Qdrant's recipe (int8 copy for the graph and the first pass, originals for the final scores): the
+    graph's top 10 must be exact search's top 10, scored with the original vectors. Without rescoring the
+    scores are the int8 estimates, which is how we know the option reaches the engine."""
+    x = _clustered(3000, 32, seed=5)
+    schema = CollectionSchema(text_dim=32, image_dim=32, fused_dim=32)
+    points = [Point(f"p{i}", {"fused": x[i]}, {"market": ["de", "fr"][i % 2]}) for i in range(len(x))]
+    queries = _clustered(40, 32, seed=6)
+    deviations = {}
+    for rescore in (True, False):
+        store = open_store("edge", path=tmp_path / f"store-{rescore}", schema=schema, quantization="int8",
+                           quantization_rescore=rescore, indexing_threshold_kb=10, full_scan_threshold_kb=1)
+        store.upsert(points, batch_size=1000)
+        store.build_index()
+        assert store.info()["indexed_vectors"] >= len(x)
+        recalls, deviation = [], 0.0
+        for q in queries:
+            exact = store.search(q, k=10, exact=True)
+            approx = store.search(q, k=10)
+            recalls.append(len({h.item_id for h in exact} & {h.item_id for h in approx}) / 10)
+            truth = {f"p{i}": float(x[i] @ q) for i in range(len(x))}
+            deviation = max(deviation, max(abs(h.score - truth[h.item_id]) for h in approx))
+            # exact search ignores the int8 copy: the true top 10 with the true scores
+            assert {h.item_id for h in exact} == set(sorted(truth, key=truth.get, reverse=True)[:10])
+            assert max(abs(h.score - truth[h.item_id]) for h in exact) < 1e-5
+        deviations[rescore] = deviation
+        if rescore:
+            assert np.mean(recalls) >= 0.98
+        store.close()
+    assert deviations[True] < 1e-4 < deviations[False]
+
+
+def test_indexing_threads_option(tmp_path):
+    with open_store("edge", path=tmp_path / "auto", schema=SCHEMA) as store:
+        assert store.indexing_threads == len(os.sched_getaffinity(0))  # 0 = one per CPU this process may use
+    with pytest.raises(SchemaError, match="indexing_threads"):
+        open_store("edge", path=tmp_path / "bad", schema=SCHEMA, indexing_threads=-1)
+    store = open_store("edge", path=tmp_path / "one", schema=SCHEMA, indexing_threads=1, indexing_threshold_kb=10)
+    store.upsert(_points(1500), batch_size=500)
+    store.build_index()
+    assert store.indexing_threads == 1 and store.info()["indexed_vectors"] >= 1500
+    store.close()

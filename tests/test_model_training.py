@@ -140,3 +140,39 @@ def test_resume_learns_a_new_item_from_new_events(ml100k):
     assert rec.model_.cfg.n_ids == n_ids + 1  # X got an ID row; the others kept theirs
     after = rank_of_x()
     assert before > 200 and after < before / 4, (before, after)  # e.g. 848 -> 132 of 1,682 movies
+
+
+def test_sampled_step_touches_only_its_id_rows(ml_small):
+    """Memory per step independent of the catalog: with the sampled softmax the ID table gets a sparse
+    gradient (the rows of the batch and its negatives, not an (n_items, d) dense one) and a lazy Adam that
+    leaves every other row as it was; the full softmax keeps the dense AdamW."""
+    from mmrec.model import EventCodes, FusionTransformer, gather, next_item_loss, training_windows
+    from mmrec.model.training import make_optimizer
+
+    split, vecs = ml_small
+    rec = FusionRecommender(vecs, _tiny(), _fast(loss="sampled", n_negatives=16), item_ids=split.item_ids)
+    cfg = _tiny(n_ids=split.n_items)
+    rec.model_, rec.id_items_ = FusionTransformer(cfg), [str(x) for x in split.item_ids]
+    model, items = rec.model_, rec._item_side()
+    codes = EventCodes.from_interactions(split.train, cfg)
+    starts, lengths = training_windows(codes, cfg.max_len, "all")
+    batch = gather(codes, starts[:2], lengths[:2])
+    catalog = torch.arange(split.n_items)
+    log_q = torch.full((split.n_items,), -5.0)
+    for full in (False, True):
+        opt = make_optimizer(model, rec.train_config, sparse_ids=not full)
+        before = model.id_emb.weight.detach().clone()
+        loss, _ = next_item_loss(model, items, batch, catalog, None if full else log_q, rec.train_config, full,
+                                 torch.Generator().manual_seed(0))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        assert model.id_emb.weight.grad.is_sparse is (not full)
+        opt.step()
+        changed = (model.id_emb.weight.detach() != before).any(dim=1)
+        if full:
+            assert bool(changed.all())  # dense AdamW (weight decay) moves every row
+        else:
+            touched = set(model.id_emb.weight.grad.coalesce().indices()[0].tolist())
+            assert 0 < int(changed.sum()) <= len(touched) < split.n_items // 2
+            assert set(torch.nonzero(changed).flatten().tolist()) <= touched
+    model.id_emb.sparse = False

@@ -4,8 +4,9 @@ from __future__ import annotations
 from .contentknn import ContentKNN
 from .itemknn import ItemKNN
 from .popularity import Popularity
+from .topfreq import PersonalTopFreq
 
-__all__ = ["Popularity", "ItemKNN", "ContentKNN", "SASRec", "SASRecConfig"]
+__all__ = ["Popularity", "PersonalTopFreq", "ItemKNN", "ContentKNN", "SASRec", "SASRecConfig"]
 
 
 def __getattr__(name: str):

@@ -88,7 +88,8 @@ def _config(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mmrec.embedding.embed import embed
+    from mmrec.data.catalog import as_dataset
+    from mmrec.embedding.item_encoder import load_item_encoder
 
     if args.batch_size < 1 or args.threads < 1:
         raise UserError("--batch-size and --threads must be >= 1")
@@ -98,26 +99,106 @@ def _run(args: argparse.Namespace) -> int:
         return _run_ray(args, out, fmt)
     if out.suffix and fmt is None:
         raise UserError(f"--out {out}: use .parquet, .jsonl, .csv or a directory")
-    items = _load(args.catalog, _mapping(args.map))
-    config = _config(args)
-    ds, stats = embed(items, text_encoder=config.text_encoder, image_encoder=config.image_encoder,
-                      adapter=config.adapter, recipe=config.recipe, batch_size=args.batch_size, threads=args.threads,
-                      cache_dir=False if args.no_cache else args.cache_dir, return_stats=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "parquet":
-        ds.to_parquet(str(out))
-    elif fmt == "json":
-        ds.to_json(str(out), lines=True, force_ascii=False)
-    elif fmt == "csv":
-        ds = ds.map(lambda r: {c: json.dumps(r[c]) for c in ("text_vector", "image_vector", "fused_vector")})
-        ds.to_csv(str(out), index=False)
-    else:
-        ds.save_to_disk(str(out))
-    print(stats.summary())
-    print(f"wrote {len(ds):,} rows to {out}")
-    if args.store:
-        _upsert(args, ds.with_format("arrow").iter(batch_size=args.batch_size * 4), len(ds))
+    items = as_dataset(_load(args.catalog, _mapping(args.map)))
+    encoder = load_item_encoder(_config(args), cache_dir=False if args.no_cache else args.cache_dir,
+                                batch_size=args.batch_size, threads=args.threads, progress=True)
+    catalog = _open_store(args, encoder) if args.store else None
+    stored = 0
+    try:
+        rows = _write(items, encoder, out, fmt, catalog)
+        stored = catalog.count() if catalog is not None else 0
+    finally:
+        if catalog is not None:
+            catalog.close()  # closes the encoder too
+        else:
+            encoder.close()
+    print(encoder.stats.summary())
+    print(f"wrote {rows:,} rows to {out}")
+    if catalog is not None:
+        print(f"upserted {rows:,} listings into {args.store} ({stored:,} stored)")
     return 0
+
+
+def _write(items, encoder, out: Path, fmt: str | None, catalog) -> int:
+    """Embed `items` chunk by chunk into OUT (and the store): nothing holds all rows or vectors at once, so
+    peak memory stays flat however large the catalog (`mmrec.embedding.embed.embedded_tables`)."""
+    import datasets
+
+    from mmrec.embedding.embed import VECTOR_COLUMNS, embed_catalog, vector_features
+    from mmrec.store.indexing import upsert_embedded_rows
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt is None:  # a datasets.Dataset directory: built memory-mapped, then saved
+        ds = embed_catalog(items, encoder)
+        ds.save_to_disk(str(out))
+        if catalog is not None:
+            upsert_embedded_rows(catalog, ds.with_format("arrow").iter(batch_size=512), total=len(ds),
+                                 progress=False)
+        return len(ds)
+    base = items.remove_columns([f"{c}_vector" for c in VECTOR_COLUMNS if f"{c}_vector" in items.column_names])
+    features = datasets.Features({**base.features, **vector_features(encoder.dim)})
+    schema = features.arrow_schema
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        rows = _write_file(tmp, items, encoder, fmt, catalog, schema)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written file is left beside OUT
+        raise
+    tmp.replace(out)
+    if catalog is not None and rows:
+        catalog.store.build_index()
+    return rows
+
+
+def _write_file(tmp: Path, items, encoder, fmt: str, catalog, schema) -> int:
+    """`_write`'s file formats: one chunk of embedded rows at a time into `tmp` (and the store)."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mmrec.embedding.embed import VECTOR_COLUMNS, embedded_tables
+    from mmrec.store.indexing import upsert_embedded_rows
+
+    rows = 0
+    with open(tmp, "wb") as fh:
+        writer = pq.ParquetWriter(fh, schema) if fmt == "parquet" else None
+        try:
+            for table in embedded_tables(items, encoder):
+                table = table.cast(schema)
+                if writer is not None:
+                    writer.write_table(table)
+                elif fmt == "json":
+                    datasets.Dataset(datasets.table.InMemoryTable(table)).to_json(fh, lines=True, force_ascii=False)
+                else:  # CSV cells hold each vector as a JSON list
+                    text = table
+                    for c in VECTOR_COLUMNS:
+                        name = f"{c}_vector"
+                        cells = pa.array([json.dumps(v) for v in table.column(name).to_pylist()], pa.string())
+                        text = text.set_column(text.schema.get_field_index(name), name, cells)
+                    datasets.Dataset(datasets.table.InMemoryTable(text)).to_csv(fh, index=False, header=rows == 0)
+                if catalog is not None:
+                    upsert_embedded_rows(catalog, table.to_batches(), progress=False, build=False)
+                rows += table.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+    return rows
+
+
+def _open_store(args: argparse.Namespace, encoder):
+    """The service data dir `--store`, opened with the encoder that embeds (so its vectors are the store's)."""
+    from index import SchemaError, StoreError
+    from mmrec.store.catalog_store import CatalogConfig, CatalogStore
+
+    config = _config(args)
+    try:
+        return CatalogStore.open(args.store, CatalogConfig(text_encoder=config.text_encoder,
+                                                           image_encoder=config.image_encoder,
+                                                           adapter=config.adapter, recipe=config.recipe),
+                                 encoder=encoder)
+    except (StoreError, SchemaError, ValueError, OSError) as exc:
+        encoder.close()
+        raise UserError(str(exc).splitlines()[0]) from None
 
 
 def _run_ray(args: argparse.Namespace, out: Path, fmt: str | None) -> int:

@@ -6,7 +6,16 @@ write a report.
 Every model, mmrec's included, is trained on the split's training events only (a checkpoint trained on
 other data could have seen the test period).
 
-Every model gets the same split object; metrics are full-ranking with seen items excluded; the report
+    mmrec evaluate --dataset complete-journey --protocol next-basket --item-vectors service:data/cj
+        --models mmrec,personal-topfreq,popularity,contentknn,sasrec --mmrec-checkpoint data/cj/model.pt --out runs/cj
+
+`--protocol next-basket` (grocery: each household's next basket after a time cut, repeat purchases allowed
+and reported apart: repeat_* metrics over the items bought before, explore_* over the new ones) asks every
+model with history items allowed; `--mmrec-checkpoint` evaluates a checkpoint from `mmrec train --split
+next-basket` instead of training one, refused unless it was trained only on events before the cut.
+
+Every model gets the same split object; metrics are full-ranking with seen items excluded (except under
+next-basket); the report
 (JSON + Markdown + PNG) carries 95% intervals and paired comparisons with the reference model, and the
 table is printed at the end.
 """
@@ -22,14 +31,16 @@ import numpy as np
 
 from mmrec.errors import UserError
 
-PROTOCOLS = ("loo", "temporal", "cold", "cross-market")
-MODELS = ("mmrec", "popularity", "popularity-market", "itemknn", "contentknn", "sasrec")
+PROTOCOLS = ("loo", "temporal", "cold", "cross-market", "next-basket")
+MODELS = ("mmrec", "popularity", "popularity-market", "itemknn", "contentknn", "sasrec", "personal-topfreq")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate mmrec and baselines under a split protocol and write a report",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help="built-in dataset name (see `mmrec datasets list`)")
+    p.add_argument("--dataset", help="built-in dataset name (see `mmrec datasets list`)")
+    p.add_argument("--items", help="catalog file (JSONL / Parquet / CSV) instead of --dataset (with --events)")
+    p.add_argument("--events", help="event file (JSONL / Parquet / CSV) of --items")
     p.add_argument("--protocol", default="loo", choices=PROTOCOLS, help="split protocol (default: loo)")
     p.add_argument("--models", default="popularity,itemknn",
                    help=f"comma-separated models among {', '.join(MODELS)} (default: popularity,itemknn)")
@@ -39,6 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for sampling, tie-breaks and training")
     p.add_argument("--max-users", type=int, help="evaluate a seeded random sample of users (quick runs)")
     p.add_argument("--quantile", type=float, default=0.8, help="temporal: cut at this quantile of event times")
+    p.add_argument("--nb-quantile", type=float, default=NB_QUANTILE,
+                   help=f"next-basket: test cut at this quantile of event times [{NB_QUANTILE}]")
+    p.add_argument("--nb-valid-quantile", type=float, default=NB_VALID_QUANTILE,
+                   help=f"next-basket: validation cut (training ends there) [{NB_VALID_QUANTILE}]")
     p.add_argument("--cold-fraction", type=float, default=0.1, help="cold: share of items that are cold")
     p.add_argument("--catalog-vocabulary", action="store_true",
                    help="rank every catalog item, not only items with events")
@@ -46,6 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="content vectors of mmrec and contentknn: an .npz with item_ids + vectors, or a spec for "
                         "mmrec.model.vectors.catalog_vectors, e.g. service:DATA_DIR (default: text:use-m3)")
     p.add_argument("--mmrec-minutes", type=float, default=12.0, help="mmrec: training time budget")
+    p.add_argument("--mmrec-checkpoint", default=None,
+                   help="mmrec: evaluate this checkpoint (from `mmrec train`, same split) instead of training one")
+    p.add_argument("--repeat-purchases", choices=("auto", "on", "off"), default="auto",
+                   help="mmrec: may re-offer history items (auto: the dataset's setting, on for complete-journey)")
     p.add_argument("--sasrec-epochs", type=int, default=200, help="SASRec: max epochs (early stopping on valid)")
     p.add_argument("--sasrec-minutes", type=float, default=12.0, help="SASRec: training time budget")
     p.add_argument("--sasrec-max-len", type=int, default=200, help="SASRec: history length")
@@ -53,6 +72,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ab", action="store_true", help="also simulate team-draft interleaving vs the reference")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(func=run)
+
+
+NB_QUANTILE, NB_VALID_QUANTILE = 0.9, 0.8  # `mmrec train --split next-basket` cuts at the same times
+
+
+def known_item_events(events: Any, items: Any) -> Any:
+    """The events whose item is in the catalog; the others are counted and reported, then dropped (Complete
+    Journey's own events name 17 products its catalog lacks), before any expensive work. Shared with
+    `mmrec train`."""
+    known = set(items["item_id"])
+    ids = events["item_id"]
+    keep = np.fromiter((i in known for i in ids), dtype=bool, count=len(ids))
+    if not keep.all():
+        missing = sorted({i for i, k in zip(ids, keep) if not k})
+        print(f"dropped {int((~keep).sum()):,} events naming {len(missing):,} item ids the catalog lacks, "
+              f"e.g. {', '.join(map(repr, missing[:3]))}")
+        events = events.select(np.flatnonzero(keep))
+    return events
+
+
+def repeat_setting(args: argparse.Namespace, ds: Any) -> bool:
+    """--repeat-purchases on/off, or the dataset's own setting (on for grocery)."""
+    if args.repeat_purchases != "auto":
+        return args.repeat_purchases == "on"
+    return bool(getattr(ds, "meta", {}).get("repeat_purchases", False))
 
 
 def _parse_ints(text: str, what: str) -> tuple[int, ...]:
@@ -78,6 +122,13 @@ def _split(ds: Any, args: argparse.Namespace):
             return temporal_split(ds.events, quantile=args.quantile, valid_quantile=args.quantile * 0.9, **common)
         if args.protocol == "cold":
             return cold_start_split(ds.events, cold_fraction=args.cold_fraction, **common)
+        if args.protocol == "next-basket":
+            from evaluation import next_basket_split
+
+            events = known_item_events(ds.events, ds.items)
+            common["items"] = ds.items  # every catalog item is a candidate
+            return next_basket_split(events, quantile=args.nb_quantile, valid_quantile=args.nb_valid_quantile,
+                                     **common)
         return cross_market_split(ds.events, **common)
     except ValueError as exc:
         raise UserError(f"cannot build the {args.protocol} split of {ds.name}: {exc}") from None
@@ -98,7 +149,12 @@ def _item_vectors(spec: str, ds: Any, item_ids: np.ndarray) -> np.ndarray:
         return np.asarray(data["vectors"], dtype=np.float32)[[where[str(x)] for x in item_ids]]
     from mmrec.model.vectors import catalog_vectors
 
-    return catalog_vectors(ds.items, spec).aligned(item_ids)
+    made = catalog_vectors(ds.items, spec)
+    _VECTOR_SPACE[spec] = made.version  # a checkpoint is checked against the space, not the matrix
+    return made.aligned(item_ids)
+
+
+_VECTOR_SPACE: dict[str, str] = {}
 
 
 def _model(name: str, args: argparse.Namespace, vectors: np.ndarray | None, ds: Any, split: Any):
@@ -109,7 +165,10 @@ def _model(name: str, args: argparse.Namespace, vectors: np.ndarray | None, ds: 
 
         product_of = dict(zip(ds.items["item_id"], ds.items["product_id"]))
         products = np.asarray([product_of.get(str(i)) or i for i in split.item_ids], dtype=object)
-        return FusionRecommender(vectors, FusionConfig(content_dim=vectors.shape[1]),
+        if args.mmrec_checkpoint:
+            return _Checkpoint(_load_checkpoint(args, vectors, split, products))
+        return FusionRecommender(vectors, FusionConfig(content_dim=vectors.shape[1],
+                                                       repeat_purchases=repeat_setting(args, ds)),
                                  TrainConfig(max_train_seconds=60 * args.mmrec_minutes, num_threads=args.threads,
                                              seed=args.seed, progress=False),
                                  item_ids=split.item_ids, item_market=split.item_market, item_products=products)
@@ -121,13 +180,80 @@ def _model(name: str, args: argparse.Namespace, vectors: np.ndarray | None, ds: 
         return ItemKNN()
     if name == "contentknn":
         return ContentKNN(vectors)
+    if name == "personal-topfreq":
+        from evaluation.baselines import PersonalTopFreq
+
+        return PersonalTopFreq()
     if name == "sasrec":
         from evaluation.baselines.sasrec import SASRec, SASRecConfig
 
         return SASRec(SASRecConfig(max_len=args.sasrec_max_len, max_epochs=args.sasrec_epochs,
                                    max_train_seconds=60 * args.sasrec_minutes, num_threads=args.threads,
-                                   seed=args.seed))
+                                   seed=args.seed, valid_exclude_seen=args.protocol != "next-basket"))
     raise UserError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+
+
+def _load(args: argparse.Namespace) -> Any:
+    """The built-in dataset, or a catalog + event files (loaded and checked like `mmrec train --items`)."""
+    from types import SimpleNamespace
+
+    from mmrec import datasets
+
+    if bool(args.dataset) == bool(args.items):
+        raise UserError("give exactly one of --dataset NAME or --items FILE (with --events FILE)")
+    if args.dataset:
+        if args.events:
+            raise UserError("--events goes with --items, not --dataset")
+        return datasets.load(args.dataset)
+    if not args.events:
+        raise UserError("--items needs --events")
+    from mmrec.data.io import load_catalog, load_events
+
+    items = load_catalog(args.items)[0]
+    events = load_events(args.events, items=items)[0]
+    if len(events) == 0:
+        raise UserError(f"{args.events}: no usable events")
+    return SimpleNamespace(name=Path(args.items).stem, items=items, events=events, meta={})
+
+
+def _load_checkpoint(args: argparse.Namespace, vectors: np.ndarray, split: Any, products: np.ndarray):
+    """A trained checkpoint over this split's items, refused when it may have seen the test period."""
+    from pathlib import Path as _Path
+
+    from mmrec.model import FusionRecommender
+    from mmrec.model.checkpoint import load_checkpoint
+
+    path = _Path(args.mmrec_checkpoint)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    extra = load_checkpoint(path).extra
+    cut = split.params.get("t")
+    # seen_until: 1 + the latest event behind the weights, validation targets included (early stopping on
+    # a basket after the cut is test-period information too); train_end alone does not say that
+    trained_until = extra.get("seen_until")
+    if cut is None or trained_until is None or int(trained_until) > int(cut):
+        raise UserError(f"{path} may have seen events at or after this split's cut (seen_until {trained_until}, "
+                        f"cut {cut}): train it with `mmrec train --split next-basket` on the same data")
+    spec = extra.get("vectors_spec")
+    if spec and str(spec).split(":")[0] != str(args.item_vectors).split(":")[0]:
+        raise UserError(f"{path} was trained on {spec} vectors; evaluate it with --item-vectors {spec}")
+    rec = FusionRecommender.load(path, vectors, item_ids=split.item_ids, item_market=split.item_market,
+                                 item_products=products, vectors_version=_VECTOR_SPACE.get(args.item_vectors))
+    rec.train_config.num_threads = args.threads
+    return rec
+
+
+class _Checkpoint:
+    """A trained FusionRecommender under the runner: ``fit`` keeps it as it is."""
+
+    def __init__(self, rec: Any) -> None:
+        self.rec, self.name = rec, "mmrec"
+
+    def fit(self, train: Any, valid: Any = None) -> "_Checkpoint":
+        return self
+
+    def recommend(self, histories: Any, k: int, exclude_seen: bool = True, candidates: Any = None):
+        return self.rec.recommend(histories, k, exclude_seen=exclude_seen, candidates=candidates)
 
 
 def _language_segment(ds: Any, split: Any) -> np.ndarray | None:
@@ -141,7 +267,6 @@ def _language_segment(ds: Any, split: Any) -> np.ndarray | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmrec import datasets
     from evaluation import build_report, evaluate, format_table, interleave, write_report
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -156,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
     if args.protocol == "cold" and "sasrec" in names:
         print("note: SASRec cannot score cold items (untrained ID embeddings); expect ~0 by construction")
 
-    ds = datasets.load(args.dataset)
+    ds = _load(args)
     t0 = time.perf_counter()
     split = _split(ds, args)
     print(f"{ds.name} / {args.protocol}: " + ", ".join(f"{k}={v}" for k, v in split.describe().items()
@@ -168,14 +293,29 @@ def run(args: argparse.Namespace) -> int:
     if lang is not None:
         segments["target_language"] = lang
     results, models = {}, {}
+    next_basket = args.protocol == "next-basket"
     for name in names:
         model = _model(name, args, vectors, ds, split)
         print(f"fitting and evaluating {name} ...", flush=True)
-        results[name] = evaluate(model, split, ks, item_vectors=vectors, segments=segments)
+        results[name] = evaluate(model, split, ks, item_vectors=vectors, segments=segments,
+                                 exclude_seen=not next_basket)
+        if next_basket:  # the same lists scored against the basket's repeat items and its new items
+            from evaluation import repeat_explore_metrics
+
+            extra_metrics = repeat_explore_metrics(results[name].recommendations, split.test, ks,
+                                                   metrics=("recall", "ndcg", "hit_rate"))
+            results[name].per_case.update({k: v for k, v in extra_metrics.items() if k not in results[name].per_case})
         models[name] = model
     extra: dict[str, Any] = {"dataset": ds.name, "split_seconds": round(time.perf_counter() - t0, 1)}
     if "sasrec" in models:
         extra["sasrec"] = models["sasrec"].describe()
+    if "mmrec" in models:
+        m = models["mmrec"]
+        rec = getattr(m, "rec", m)
+        extra["mmrec"] = {"checkpoint": args.mmrec_checkpoint, "repeat_purchases": bool(rec.model_.cfg.repeat_purchases),
+                          **{k: rec.report_[k] for k in ("best_epoch", "stopped", "train_seconds", "loss",
+                                                         "best_valid_ndcg@10", "n_parameters", "repeat_weight",
+                                                         "repeat_weight_search") if k in rec.report_}}
     reference = args.reference or names[0]
     if args.ab and len(names) > 1:
         best = max((n for n in names if n != reference), key=lambda n: results[n].mean("ndcg@10")

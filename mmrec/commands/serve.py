@@ -54,7 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="the item recipe: fields in the text [title,alt_title,year,description]; a data dir "
                              "keeps the recipe it was built with")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for the whole process, set once at start [1]")
+                        help="torch and numpy BLAS threads for the whole process, set once at start [1]")
+    parser.add_argument("--batch-window-ms", type=float, default=None, metavar="MS",
+                        help="micro-batching: concurrent /recommend (model) and /search requests arriving within MS "
+                             "milliseconds are answered in one model forward / encoder call and one batched index "
+                             "query; 0 turns it off [%g]" % _default_window())
     parser.add_argument("--events", default=None,
                         help="where events and impressions are kept: 'file' (DIR/events.jsonl, the default) or "
                              "redis://[:PASSWORD@]HOST:PORT/DB, shared by replicas (Redis must run with appendonly "
@@ -67,6 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "share (shares add up to 1); repeatable; instead of --model")
     parser.add_argument("--experiment", default="default",
                         help="the A/B test's name: salts the user-to-variant hash (a new name reshuffles users)")
+    parser.add_argument("--explore", action="append", default=[], metavar="[VARIANT=]SHARE",
+                        help="exploration for new items (Thompson sampling on per-item CTR from the impression "
+                             "log, mmrec/serving/exploration.py): at most SHARE of a page's slots go to items with "
+                             "few impressions; VARIANT= limits it to one A/B variant (repeatable), else every model "
+                             "variant; off by default")
+    parser.add_argument("--explore-new-below", type=int, default=200, metavar="N",
+                        help="with --explore: items shown fewer than N times on /recommend may be explored [200]")
     security = parser.add_argument_group("security (see SECURITY.md)")
     security.add_argument("--api-key", default=None,
                           help="key for every call but /healthz (header 'api-key: KEY' or 'Authorization: Bearer "
@@ -179,6 +190,44 @@ def variants_from_args(args: argparse.Namespace):
     return variants
 
 
+def exploration_from_args(args: argparse.Namespace, variants) -> dict:
+    """--explore as {variant name: ExplorationConfig} (empty: no exploration)."""
+    from mmrec.serving.exploration import ExplorationConfig
+
+    names = [v.name for v in variants if v.source != "content"] if variants else ["default"]
+    out: dict = {}
+    for spec in args.explore:
+        name, eq, share_text = spec.rpartition("=")
+        try:
+            share = float(share_text)
+            config = ExplorationConfig(enabled=True, max_share=share, new_below=args.explore_new_below)
+        except ValueError as exc:
+            raise UserError(f"--explore {spec!r}: {exc}" if "must" in str(exc) else
+                            f"--explore {spec!r}: expected [VARIANT=]SHARE with SHARE in [0, 1]") from None
+        for target in ([name] if eq else names):
+            out[target] = config
+    if out and not variants and args.model is None:
+        raise UserError("--explore needs a model (--model or a checkpoint --variant): content-based recommending "
+                        "does not explore")
+    return out
+
+
+def _default_window() -> float:
+    from mmrec.serving.batching import DEFAULT_WINDOW_MS
+
+    return DEFAULT_WINDOW_MS
+
+
+def batching_from_args(args: argparse.Namespace):
+    """--batch-window-ms as a BatchingConfig (the default window when not given)."""
+    from mmrec.serving.batching import BatchingConfig
+
+    try:
+        return BatchingConfig() if args.batch_window_ms is None else BatchingConfig(window_ms=args.batch_window_ms)
+    except ValueError as exc:
+        raise UserError(f"--batch-window-ms: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -193,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port must be 0..65535, got {args.port}")
     settings = settings_from_args(args)  # before the models load: a refused start is immediate
     variants = variants_from_args(args)
+    exploration = exploration_from_args(args, variants)
     events = args.events or os.environ.get("MMREC_EVENTS") or None
     image_encoder = None if args.image_encoder.lower() in ("none", "") else args.image_encoder
     adapter = None if args.adapter.lower() in ("none", "") else args.adapter
@@ -203,18 +253,25 @@ def run(args: argparse.Namespace) -> int:
                            store=store, store_url=store_url, collection=args.collection,
                            shard_number=args.shard_number, replication_factor=args.replication_factor,
                            recipe=_recipe(args))
+    batching = batching_from_args(args)
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(args.threads)  # once per process: requests never change it
+    threadpool_limits(args.threads)  # numpy's BLAS too (it defaults to every core, per call, per thread)
     try:
         services = open_services(args.data_dir, config, model=args.model if variants is None else None,
-                                 events=events, variants=variants, experiment=args.experiment)
+                                 events=events, variants=variants, experiment=args.experiment,
+                                 exploration=exploration, batching=batching)
     except (StoreError, SchemaError, EventLogInUse, EventLogError, ValueError, OSError) as exc:
         raise UserError(str(exc)) from None
     except (RuntimeError, ImportError) as exc:  # encoder specs that cannot be loaded here
         raise UserError(f"cannot load the encoders ({args.text_encoder!r}, {args.image_encoder!r}): {exc}") from None
     app = create_app(services, settings)
     log.info("events and impressions: %s", getattr(services.events, "where", services.events.kind))
+    for name, cfg in exploration.items():
+        log.info("variant %r explores: up to %g of a page's slots for items shown fewer than %d times", name,
+                 cfg.max_share, cfg.new_below)
     if len(services.variants) > 1:
         log.info("A/B test %r: %s", args.experiment,
                  ", ".join(f"{v.name}={v.model}:{v.share:g}" for v in services.variants))

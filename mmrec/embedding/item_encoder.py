@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -106,9 +106,18 @@ class ItemEncoder:
         run's counts in `stats`; bad images are counted and survived."""
         if total is None and hasattr(items, "__len__"):
             total = len(items)  # type: ignore[arg-type]
+        return self.embedder.embed(self._pairs(items), total=total)
+
+    def embed_batches(self, items: Iterable[Any], *, total: int | None = None) -> Iterator[dict[str, Any]]:
+        """`embed`, one batch at a time (what a large catalog needs: memory stays flat, see
+        `BatchEmbedder.embed_batches`); each batch is cached before it is yielded."""
+        if total is None and hasattr(items, "__len__"):
+            total = len(items)  # type: ignore[arg-type]
+        return self.embedder.embed_batches(self._pairs(items), total=total)
+
+    def _pairs(self, items: Iterable[Any]) -> Iterator[tuple[str | None, Any]]:
         with_images = self.image_encoder is not None
-        pairs = ((self.recipe.text(it), self.recipe.image(it) if with_images else None) for it in items)
-        return self.embedder.embed(pairs, total=total)
+        return ((self.recipe.text(it), self.recipe.image(it) if with_images else None) for it in items)
 
     # ---------------------------------------------------------------- queries
     def encode_query(self, text: str) -> np.ndarray:

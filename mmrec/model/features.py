@@ -17,6 +17,7 @@ from mmrec.data.schema import EVENT_KINDS
 from mmrec.model.transformer import FusionConfig
 
 PAD_GAP, FIRST_GAP, ZERO_GAP = 0, 1, 2  # gap buckets below the log-scale ones
+NO_NEXT = np.iinfo(np.int64).max  # `EventCodes.next_basket` of an item's last event in its row
 
 
 def gap_buckets(gaps: np.ndarray, first: np.ndarray, n_buckets: int) -> np.ndarray:
@@ -72,6 +73,10 @@ class EventCodes:
     indptr: np.ndarray
     repeat: np.ndarray | None = None  # (n,) bool: the row already had this item earlier
     tie: np.ndarray | None = None  # (n,) id of the run of same-second events each event belongs to
+    basket: np.ndarray | None = None  # (n,) basket number (a run of same-second events; rows never share one)
+    n_baskets: np.ndarray | None = None  # (n,) baskets of the row up to this event that hold this item
+    next_basket: np.ndarray | None = None  # (n,) basket of the row's next event of this item (NO_NEXT: none)
+    basket_rank: np.ndarray | None = None  # (n,) baskets of the row before this event's basket
 
     @classmethod
     def build(
@@ -105,10 +110,32 @@ class EventCodes:
         repeat = np.zeros(n, dtype=bool)
         same = (row[order][1:] == row[order][:-1]) & (item[order][1:] == item[order][:-1])
         repeat[order[1:]] = same
+        # baskets: runs of same-second events (every event its own basket without timestamps)
+        basket = tie if tie is not None else np.arange(n, dtype=np.int64)
+        b_sorted = basket[order]
+        new_basket = np.ones(n, dtype=bool)  # first event of this item in this basket (within its group)
+        new_basket[1:] = ~same | (b_sorted[1:] != b_sorted[:-1])
+        group_start = np.ones(n, dtype=bool)
+        group_start[1:] = ~same
+        cum = np.cumsum(new_basket)
+        starts = np.flatnonzero(group_start)
+        base = np.repeat(cum[starts] - 1, np.diff(np.append(starts, n))) if n else cum
+        n_baskets = np.empty(n, dtype=np.int64)
+        n_baskets[order] = cum - base
+        next_basket = np.full(n, NO_NEXT, dtype=np.int64)
+        if n > 1:
+            nxt = np.where(same, b_sorted[1:], NO_NEXT)
+            next_basket[order[:-1]] = nxt
         return cls(
             item=item,
             repeat=repeat,
             tie=tie,
+            basket=np.asarray(basket, dtype=np.int64),
+            n_baskets=n_baskets,
+            next_basket=next_basket,
+            basket_rank=np.asarray(basket, dtype=np.int64) - np.repeat(
+                np.asarray(basket, dtype=np.int64)[np.minimum(indptr[:-1], max(n - 1, 0))], np.diff(indptr))
+            if n else np.zeros(0, np.int64),
             gap=gap.astype(np.int64),
             kind=kind_codes(kinds, n),
             value=value_codes(values, n, cfg.n_value_buckets),
@@ -124,7 +151,10 @@ class EventCodes:
             return self
         perm = np.lexsort((rng.random(len(self.item)), self.tie))
         return replace(self, item=self.item[perm], kind=self.kind[perm], value=self.value[perm],
-                       market=self.market[perm], repeat=None if self.repeat is None else self.repeat[perm])
+                       market=self.market[perm], repeat=None if self.repeat is None else self.repeat[perm],
+                       n_baskets=None if self.n_baskets is None else self.n_baskets[perm],
+                       basket_rank=None if self.basket_rank is None else self.basket_rank[perm],
+                       next_basket=None if self.next_basket is None else self.next_basket[perm])
 
     @classmethod
     def from_histories(cls, h: Histories, cfg: FusionConfig, values: np.ndarray | None = None) -> "EventCodes":
@@ -146,9 +176,50 @@ def gather(codes: EventCodes, starts: np.ndarray, lengths: np.ndarray) -> dict[s
     out = {name: torch.from_numpy(getattr(codes, name)[pos]) for name in ("item", "gap", "kind", "value", "market")}
     if codes.repeat is not None:
         out["repeat"] = torch.from_numpy(codes.repeat[pos])
+    if codes.basket is not None:
+        for name in ("basket", "n_baskets", "next_basket", "basket_rank"):
+            out[name] = torch.from_numpy(getattr(codes, name)[pos])
     out["lengths"] = torch.from_numpy(lengths.astype(np.int64))
     out["real"] = torch.from_numpy(real)
     return out
+
+
+def window_repeat_pairs(batch: dict[str, torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Training: for each target position of a batch of windows (``targets`` (B, W-1) bool, in the order
+    ``hidden[targets]`` flattens them), the history items of the window bought in an EARLIER basket, each
+    once, at its latest such purchase. Returns (target index m, item row, baskets ago, baskets holding it,
+    their share of the row's earlier baskets) per pair. Items of the target's own basket are not history:
+    at serving time the next basket is unknown."""
+    bk, items, real = batch["basket"], batch["item"], batch["real"]
+    tgt_b = bk[:, 1:]  # (B, W-1) basket of each target
+    src_b, src_next = bk[:, :-1], batch["next_basket"][:, :-1]  # sources: the inputs
+    mask = (targets[:, :, None] & real[:, :-1][:, None, :] & (src_b[:, None, :] < tgt_b[:, :, None])
+            & (src_next[:, None, :] >= tgt_b[:, :, None]))  # (B, W-1 targets, W-1 sources)
+    b, j, s = mask.nonzero(as_tuple=True)
+    m = (torch.cumsum(targets.reshape(-1).long(), 0) - 1).view(targets.shape)[b, j]
+    nb = batch["n_baskets"][b, s]
+    share = nb.float() / batch["basket_rank"][:, 1:][b, j].clamp(min=1).float()
+    return m, items[b, s], tgt_b[b, j] - src_b[b, s], nb, share
+
+
+def history_repeat_pairs(codes: EventCodes, starts: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """Serving / evaluation: every distinct item of each row's history (events from ``starts[r]`` to the
+    row's end, default all), at its latest purchase. Returns (row, item row, baskets ago counted from the
+    next basket, baskets holding it, their share of the history's baskets) per pair, for
+    `FusionTransformer.repeat_bonus`."""
+    n_rows = len(codes.indptr) - 1
+    lengths = np.diff(codes.indptr)
+    row = np.repeat(np.arange(n_rows), lengths)
+    keep = codes.next_basket == NO_NEXT  # the item's last event in its row
+    if starts is not None:
+        keep &= np.arange(len(codes.item)) >= np.repeat(np.asarray(starts, dtype=np.int64), lengths)
+    last_event = np.maximum(codes.indptr[1:] - 1, 0)
+    next_basket = codes.basket[last_event] + 1  # (rows,) the basket being recommended
+    n_hist = codes.basket_rank[last_event] + 1  # (rows,) baskets in the history
+    ev = np.flatnonzero(keep)
+    r = row[ev]
+    return (r, codes.item[ev], next_basket[r] - codes.basket[ev], codes.n_baskets[ev],
+            (codes.n_baskets[ev] / np.maximum(n_hist[r], 1)).astype(np.float32))
 
 
 def training_windows(codes: EventCodes, max_len: int, mode: str) -> tuple[np.ndarray, np.ndarray]:

@@ -9,12 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.losses import full_softmax_cross_entropy
-from mmrec.model.features import ItemSide
+from mmrec.model.features import ItemSide, window_repeat_pairs
 from mmrec.model.transformer import FusionTransformer
 
 
 def target_mask(batch: dict[str, torch.Tensor], cfg: Any) -> torch.Tensor:
-    """(B, W-1) bool: the positions of a batch of windows that are training targets."""
+    """(B, W-1) bool: the positions of a batch of windows that are training targets. Re-bought items are
+    skipped with ``cfg.skip_repeat_targets`` (a catalog without repeat purchases: a view->click->cart funnel
+    on one item teaches nothing); `FusionRecommender` turns it off for a ``repeat_purchases`` model, whose
+    job includes knowing when to re-offer an item."""
     real = batch["real"][:, 1:]
     if cfg.skip_repeat_targets and "repeat" in batch:
         real = real & ~batch["repeat"][:, 1:]  # the inputs still show the repeat; it is just not a target
@@ -41,6 +44,8 @@ def next_item_loss(
     real = target_mask(batch, cfg)
     if not bool(real.any()):
         return None, 0
+    if full and mcfg.repeat_purchases:
+        raise ValueError("a repeat_purchases model trains with the sampled softmax (loss='sampled')")
     if full:
         rows = catalog
         negatives = None
@@ -80,6 +85,16 @@ def next_item_loss(
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             pos = (users * out_table[torch.searchsorted(rows_all, targets)]).sum(-1, keepdim=True)  # (M, 1)
             neg = model.scores(users, out_table[torch.searchsorted(rows_all, negatives)])  # (M, K)
+        if mcfg.repeat_purchases:  # the repeat bonus of the history items among the candidates
+            m, item, ago, nb, share = window_repeat_pairs(batch, real)
+            item_repr = out_table[torch.searchsorted(rows_all, item)]
+            bonus = model.repeat_bonus(users, m, ago, nb, share, item_repr).to(neg.dtype)
+            hit = item == targets[m]
+            pos = pos.to(neg.dtype).index_put((m[hit], torch.zeros_like(m[hit])), bonus[hit], accumulate=True)
+            ordered, perm = torch.sort(negatives)  # (uniform-only negatives are not sorted)
+            col = torch.searchsorted(ordered, item).clamp(max=len(ordered) - 1)
+            there = ordered[col] == item
+            neg = neg.index_put((m[there], perm[col[there]]), bonus[there], accumulate=True)
         neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))  # accidental hits
         logits = torch.cat([pos.to(neg.dtype), neg], 1)
         if cfg.in_batch_negatives:  # uniform-only sampling needs no correction (q is the same for all)

@@ -15,7 +15,7 @@ from mmrec.errors import UserError
 from mmrec.model.attribution import (leave_one_out_rows, log_probabilities, sequential_reasons, window_items,
                                      without_items)
 from mmrec.model.checkpoint import load_checkpoint, save_checkpoint
-from mmrec.model.features import EventCodes, ItemSide, gather, market_codes
+from mmrec.model.features import EventCodes, ItemSide, gather, history_repeat_pairs, market_codes
 from encoders.threads import torch_threads
 from mmrec.model.training import TrainConfig, train_model
 from mmrec.model.transformer import FusionConfig, FusionTransformer
@@ -97,6 +97,10 @@ class FusionRecommender:
         counts = train.item_counts()
         warm_names = list(dict.fromkeys(str(k) for k in self._id_keys()[counts > 0]))
         tc = self.train_config
+        base_cfg = self.model_.cfg if (resume and self.model_ is not None) else self.config
+        repeats = bool(base_cfg is not None and base_cfg.repeat_purchases)
+        if repeats:  # repeat targets are the point; the repeat bonus is trained with the sampled softmax
+            tc = replace(tc, skip_repeat_targets=False, loss="sampled" if tc.loss == "auto" else tc.loss)
         if resume and self.model_ is not None:
             known = set(self.id_items_)
             new = [x for x in warm_names if x not in known]
@@ -121,13 +125,38 @@ class FusionRecommender:
                     vset = valid.subset(np.sort(pick))
 
                 def validate() -> float:
-                    per_case, _, _ = evaluate_cases(self, vset, train.n_items, ks=(10,), metrics=("ndcg",))
+                    per_case, _, _ = evaluate_cases(self, vset, train.n_items, ks=(10,), metrics=("ndcg",),
+                                                    exclude_seen=not repeats)
                     return float(np.nanmean(per_case["ndcg@10"]))
 
             self.report_ = train_model(self.model_, items, codes, tc, catalog=np.flatnonzero(counts > 0),
                                        validate=validate, log_prefix=self.name)
         self.report_["n_parameters"] = self.model_.n_parameters()
+        if repeats and valid is not None and len(valid):
+            self.tune_repeat_weight(vset)
         return self
+
+    def tune_repeat_weight(self, valid: EvalSet, grid: Sequence[float] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
+                           max_cases: int = 1000) -> float:
+        """Pick the weight of the repeat bonus against the model's content/ID score that maximises NDCG@10
+        on ``valid`` (history items allowed; a seeded sample of ``max_cases``): how far to trust "what you
+        buy most" over what the sequence model predicts is measured on the validation baskets, never on the
+        test. Kept in the config, so the checkpoint and the service use it."""
+        if len(valid) > max_cases:
+            pick = np.random.default_rng(self.train_config.seed).choice(len(valid), max_cases, replace=False)
+            valid = valid.subset(np.sort(pick))
+        best, best_w = -1.0, self.model_.cfg.repeat_weight
+        for w in grid:
+            self.model_.cfg.repeat_weight = float(w)
+            per_case, _, _ = evaluate_cases(self, valid, len(self.item_vectors), ks=(10,), metrics=("ndcg",),
+                                            exclude_seen=False)
+            score = float(np.nanmean(per_case["ndcg@10"]))
+            self.report_.setdefault("repeat_weight_search", []).append({"weight": float(w), "valid_ndcg@10": score})
+            if score > best:
+                best, best_w = score, float(w)
+        self.model_.cfg.repeat_weight = best_w
+        self.report_["repeat_weight"] = best_w
+        return best_w
 
     def _init_ids(self, items: ItemSide, codes: EventCodes) -> None:
         """Overwrite the warm ID rows with co-occurrence embeddings (row 0, "unknown item", keeps its init)."""
@@ -209,11 +238,27 @@ class FusionRecommender:
     ) -> Recommendations:
         h = as_histories(histories)
         users = self.user_vectors(h)
-        scores = users @ self.item_matrix().T
+        table = self.item_matrix()
+        scores = users @ table.T
+        if self.model_.cfg.repeat_purchases and len(h.items):
+            self._add_repeat_bonus(scores, h, users, table)
         if self.cold_offset:
             scores[:, self._item_side().ids.numpy() == 0] += self.cold_offset
         scores[h.lengths == 0] = 0.0
         return top_k(scores, k, histories=h if exclude_seen else None, candidates=candidates)
+
+    @torch.no_grad()
+    def _add_repeat_bonus(self, scores: np.ndarray, h: Histories, users: np.ndarray, table: np.ndarray) -> None:
+        """Add the model's repeat bonus to the history items of each row: every item of the whole history
+        (the transformer reads the last max_len events; the bonus of an item bought before that window
+        comes from its recency and frequency buckets alone)."""
+        codes = EventCodes.from_histories(h, self.model_.cfg)
+        row, item, ago, nb, share = history_repeat_pairs(codes)
+        with torch_threads(self.train_config.num_threads):
+            bonus = self.model_.repeat_bonus(torch.from_numpy(users), torch.from_numpy(row), torch.from_numpy(ago),
+                                             torch.from_numpy(nb), torch.from_numpy(share),
+                                             torch.from_numpy(table[item])).numpy()
+        np.add.at(scores, (row, item), bonus)
 
     def _candidates(self, h: Histories, candidates: Sequence[np.ndarray] | np.ndarray | None) -> list[np.ndarray]:
         """Per row, the items its results were ranked among (sorted): ``candidates`` (one array for all

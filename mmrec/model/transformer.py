@@ -16,11 +16,25 @@ A history event t adds what happened: token(t) = item(j_t)·sqrt(d) + kind_emb +
 value = rating/quantity bucket, pos = distance from the most recent event). A causal transformer reads the
 tokens; the hidden state of the last event, plus the storefront's market embedding, is the user vector u.
 
-Ranking head: score(u, j) = u · item(j). Its content part u · W_c · content(j) equals
+Ranking head: score(u, j) = u · item(j) [+ repeat(u, j) when the catalog's shoppers re-buy]. Its content part u · W_c · content(j) equals
 (W_cᵀ u) · content(j), so ``content_query(u) = W_cᵀ u`` is the user vector *in the content space*: the
 ANN index retrieves candidates with it and the full score only adds the ID and market terms on top.
 ID dropout in training (random events and candidates get id 0) teaches the content path to carry the
 score with the learned "unknown item" embedding, which is exactly what cold items get at serving time.
+
+Repeat purchases (``repeat_purchases``, on for grocery): a history item j also gets an explicit copy
+bonus, the standard answer of next-basket models (RepeatNet's repeat mode; Li et al. 2023 show that
+models without it lose to "what you buy most"):
+
+    repeat(u, j) = w_recency[bucket(baskets since j was last bought)] + w_freq[bucket(baskets with j)]
+                 + c · log(baskets with j) + a · (share of the shopper's baskets holding j)
+                 + r · item(j)                                      how re-buyable the item is
+                 + g · u                                            how much THIS shopper re-buys now
+
+two small learned tables, two vectors and two scalars. At init the bonus orders history items the way the personal
+top-frequency baseline does (more baskets first, then more recent; a few units above the content/ID
+scores, which start near 0), so a time-boxed run starts from that strong baseline and learns from there
+how much re-buying is worth against exploring new items, per shopper (g).
 """
 from __future__ import annotations
 
@@ -54,6 +68,12 @@ class FusionConfig:
     use_kinds: bool = True
     use_values: bool = True
     use_markets: bool = True
+    repeat_purchases: bool = False  # the catalog's shoppers re-buy (grocery): items of the history stay
+    # candidates (training keeps repeat targets, serving and evaluation may re-offer them) and the score
+    # of a history item gets the learned repeat bonus below
+    n_repeat_buckets: int = 32  # log-scale buckets of "baskets ago" and "bought in N baskets"
+    repeat_weight: float = 1.0  # the bonus's weight against the content/ID score, chosen on validation
+    # after training (`FusionRecommender.tune_repeat_weight`); kept in the checkpoint, used by serving
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -129,7 +149,16 @@ class Block(nn.Module):
 # --------------------------------------------------------------------------------------------------------
 
 
+def repeat_buckets(x: torch.Tensor, n_buckets: int) -> torch.Tensor:
+    """Counts >= 1 (baskets ago, baskets holding an item) -> 1 + floor(3 log2 x), capped at n_buckets - 1:
+    1, 2 and 3 in their own buckets, then about three buckets per doubling (1000 -> 30)."""
+    x = torch.clamp(x, min=1).to(torch.float32)
+    return torch.clamp(1 + torch.floor(3 * torch.log2(x)), 1, n_buckets - 1).to(torch.long)
+
+
 class FusionTransformer(nn.Module):
+    REPEAT_SCALE = 10.0
+
     def __init__(self, cfg: FusionConfig) -> None:
         super().__init__()
         d = cfg.hidden
@@ -146,9 +175,24 @@ class FusionTransformer(nn.Module):
         self.emb_drop = PoolDropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d)
+        if cfg.repeat_purchases:
+            self.repeat_recency = nn.Embedding(cfg.n_repeat_buckets, 1)
+            self.repeat_freq = nn.Embedding(cfg.n_repeat_buckets, 1)
+            self.repeat_gate = nn.Linear(d, 1)
+            self.repeat_item = nn.Linear(d, 1, bias=False)  # how re-buyable the item is (milk, not a cake)
+            self.repeat_share = nn.Parameter(torch.zeros(1))  # x share of the shopper's baskets holding it
+            self.repeat_count = nn.Parameter(torch.full((1,), 1.0 / self.REPEAT_SCALE))  # x log(baskets with it)
         self.apply(self._init)
         for emb in (self.item_market_emb, self.context_market_emb):
             nn.init.zeros_(emb.weight)
+        if cfg.repeat_purchases:  # start as "what you buy most, most recent first" (P-TopFreq), then learn
+            with torch.no_grad():
+                b = torch.arange(cfg.n_repeat_buckets, dtype=torch.float32)
+                self.repeat_freq.weight.fill_(2.0 / self.REPEAT_SCALE)
+                self.repeat_recency.weight.copy_((-0.005 * b / self.REPEAT_SCALE)[:, None])  # a tie-break
+                nn.init.zeros_(self.repeat_gate.weight)
+                nn.init.zeros_(self.repeat_gate.bias)
+                nn.init.zeros_(self.repeat_item.weight)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -182,7 +226,9 @@ class FusionTransformer(nn.Module):
     ) -> torch.Tensor:  # (..., d)
         """ID dropout: the chosen rows get the learned "unknown item" ID instead of their own, which is
         exactly how a cold item is represented at serving time, so training teaches the content path."""
-        return rows + (self.id_emb.weight[0] - self.id_emb(ids)) * drop.unsqueeze(-1).to(rows.dtype)
+        unknown = self.id_emb(torch.zeros((), dtype=torch.long, device=ids.device))  # a lookup, not weight[0]:
+        # the gradient stays sparse when training gives the table sparse gradients (`make_optimizer`)
+        return rows + (unknown - self.id_emb(ids)) * drop.unsqueeze(-1).to(rows.dtype)
 
     # ---------------------------------------------------------------- histories
 
@@ -232,6 +278,28 @@ class FusionTransformer(nn.Module):
         """(B, d) user vectors -> (B, C) the same preference in the content space: W_cᵀ u, so that
         content_query(u) · content(j) is exactly the content part of score(u, j)."""
         return users @ self.content_proj.weight
+
+    def repeat_bonus(
+        self,
+        users: torch.Tensor,  # (M, d) user vectors
+        row: torch.Tensor,  # (P,) long: which user each (user, history item) pair belongs to
+        baskets_ago: torch.Tensor,  # (P,) long >= 1: baskets since the item was last bought
+        n_baskets: torch.Tensor,  # (P,) long >= 1: baskets of the history that hold the item
+        share: torch.Tensor,  # (P,) float: n_baskets / baskets in the history
+        item_repr: torch.Tensor,  # (P, d) the item's representation (`item_table` row)
+    ) -> torch.Tensor:  # (P,)
+        """The score added to a history item (see the module docstring); 0 without repeat_purchases."""
+        if not self.cfg.repeat_purchases:
+            return torch.zeros(len(row), dtype=users.dtype)
+        n = self.cfg.n_repeat_buckets
+        gate = self.repeat_gate(users).squeeze(-1)  # (M,)
+        bonus = (self.repeat_recency(repeat_buckets(baskets_ago, n)).squeeze(-1)
+                 + self.repeat_freq(repeat_buckets(n_baskets, n)).squeeze(-1) + gate[row]
+                 + self.repeat_count * torch.log(n_baskets.clamp(min=1).to(users.dtype))
+                 + self.repeat_share * share.to(users.dtype) + self.repeat_item(item_repr.to(users.dtype)).squeeze(-1))
+        # x REPEAT_SCALE: the bonus must reach the scale of the logits (several units) in the few hundred
+        # steps a time-boxed run makes at the model's learning rate (Adam moves a parameter ~lr a step)
+        return self.REPEAT_SCALE * self.cfg.repeat_weight * bonus
 
     @staticmethod
     def scores(users: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

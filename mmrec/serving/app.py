@@ -14,15 +14,17 @@ vector store, so replicas over one Redis (and the same items) can run behind any
 
 Routes live in mmrec/serving/api/ (one module per resource) and get what they work on through FastAPI's
 `Depends`: the `Services` container on `app.state.services`, the `ServiceSettings` on `app.state.settings`.
-Endpoints are plain `def`s, which FastAPI runs in its thread pool: the catalog serialises encoder calls
-with a lock (torch models are not re-entrant), the vector store and the event log handle their own
-concurrency. Every input is validated before anything is written, so a request that fails changes
+Endpoints are plain `def`s, which FastAPI runs in its thread pool, except /recommend and /search: they
+are `async` and hand their work to micro-batchers (mmrec/serving/batching.py), one worker thread each, so
+concurrent requests share one model forward / one text-encoder call and one batched index query, and the
+event loop never runs the CPU-bound part. The catalog serialises encoder calls with a lock (torch models
+are not re-entrant), the vector store and the event log handle their own concurrency. Every input is validated before anything is written, so a request that fails changes
 nothing; every refusal is a 4xx with a short reason (see mmrec/serving/api/errors.py and SECURITY.md).
 Run it with `mmrec serve` (mmrec/commands/serve.py).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +39,7 @@ from mmrec.serving.api.dependencies import Services
 from mmrec.serving.api.guard import OPEN_PATHS, Guard
 from mmrec.serving.api.settings import ServiceSettings
 from mmrec.serving.api.telemetry import Telemetry, TelemetryMiddleware
+from mmrec.serving.batching import BatchingConfig
 from mmrec.serving.variants import CONTENT, Variant, check_variants
 
 SECURITY_SCHEMES = {
@@ -115,12 +118,16 @@ def openapi_spec() -> dict[str, Any]:
 
 def open_services(data_dir: str | Path, config: Any, model: str | Path | None = None, *,
                   events: str | None = None, variants: Sequence[Variant] | None = None,
-                  experiment: str = "default") -> Services:
+                  experiment: str = "default", exploration: Mapping[str, Any] | None = None,
+                  batching: BatchingConfig | None = None) -> Services:
     """Open (or create) the catalog and market list in `data_dir`, the interaction log (`events`: None for
     the files in `data_dir`, or a redis:// URL) and the models behind /recommend: `variants` (each a
     checkpoint path or "content", with its traffic share), or one variant "default" of `model` (a fusion
     transformer checkpoint from `mmrec train`; None: content-based). Checkpoints are checked against the
-    catalog's vector space."""
+    catalog's vector space. `exploration`: variant name -> `ExplorationConfig` for the model variants that
+    give new items a share of slots, from the log's per-item impressions and clicks (`mmrec serve --explore`).
+    `batching`: micro-batching of concurrent /recommend and /search requests (default: on, a
+    `BatchingConfig()` window; `BatchingConfig(window_ms=0)`: every request on its own)."""
     from mmrec.serving.logs import open_interaction_log
     from mmrec.serving.markets import Markets
     from mmrec.store.catalog_store import CatalogStore
@@ -130,6 +137,8 @@ def open_services(data_dir: str | Path, config: Any, model: str | Path | None = 
     elif model is not None:
         raise ValueError("give a model or variants, not both")
     check_variants(variants)
+    exploration = dict(exploration or {})
+    _check_exploration(variants, exploration)
     data_dir = Path(data_dir)
     event_log = open_interaction_log(events, data_dir)  # first: a Redis that is down is refused before models load
     try:
@@ -138,21 +147,34 @@ def open_services(data_dir: str | Path, config: Any, model: str | Path | None = 
         event_log.close()
         raise
     try:
-        loaded = tuple(_load(v, catalog) for v in variants)
+        loaded = tuple(_load(v, catalog, exploration.get(v.name), event_log) for v in variants)
     except Exception:
         catalog.close()
         event_log.close()
         raise
     return Services(catalog=catalog, events=event_log, markets=Markets(catalog.store, data_dir / "markets.json"),
-                    variants=loaded, experiment=experiment)
+                    variants=loaded, experiment=experiment, batching=batching or BatchingConfig())
 
 
-def _load(variant: Variant, catalog: Any) -> Variant:
+def _check_exploration(variants: Sequence[Variant], exploration: Mapping[str, Any]) -> None:
+    """Exploration settings name served model variants (content-based recommending does not explore)."""
+    names = {v.name: v for v in variants}
+    for name in exploration:
+        if name not in names:
+            raise ValueError(f"--explore names no variant {name!r} (variants: {', '.join(names)})")
+        if names[name].source == CONTENT:
+            raise ValueError(f"--explore: variant {name!r} is content-based; exploration needs a model variant")
+
+
+def _load(variant: Variant, catalog: Any, exploration: Any = None, event_log: Any = None) -> Variant:
     if variant.source == CONTENT:
         return variant
-    from mmrec.serving.two_stage import load_ranker
+    from mmrec.serving.two_stage import ServingConfig, load_ranker
 
-    return replace(variant, ranker=load_ranker(variant.source, catalog))
+    if exploration is None or not exploration.enabled:
+        return replace(variant, ranker=load_ranker(variant.source, catalog))
+    return replace(variant, ranker=load_ranker(variant.source, catalog, ServingConfig(exploration=exploration),
+                                               item_counts=event_log.item_counts))
 
 
 def open_service(data_dir: str | Path, config: Any, model: str | Path | None = None,

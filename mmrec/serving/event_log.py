@@ -20,13 +20,15 @@ import logging
 import os
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
+
 from mmrec.data.schema import Event
 from mmrec.serving.interaction_log import (
-    Attributed, Erased, Impression, InteractionLog, dumps, event_row, parse_event, plain,
+    Attributed, Erased, Impression, InteractionLog, ItemCounter, dumps, event_row, parse_event, plain,
 )
 
 log = logging.getLogger(__name__)
@@ -63,14 +65,22 @@ class FileEventLog(InteractionLog):
         self._count = 0
         self._shown_by_user: dict[str, int] = defaultdict(int)
         self._shown_file: BinaryIO | None = None
+        self._counts = ItemCounter()
         for row in _rows(self.path, repair=True):
             try:
-                self._add(plain(parse_event(row)))
+                record = parse_event(row)
             except (ValueError, TypeError, KeyError) as exc:
                 log.warning("event log %s: an unreadable event is skipped: %s", self.path, exc)
+                continue
+            self._add(plain(record))
+            self._counts.add_event(record)
         for row in _rows(self.impressions_path, repair=True):
             if row.get("user_id") is not None:
                 self._shown_by_user[str(row["user_id"])] += 1
+            try:
+                self._counts.add_impression(Impression.from_row(row))
+            except (ValueError, TypeError, KeyError):
+                pass
         self._file = open(self.path, "ab")
 
     def _add(self, event: Event) -> None:
@@ -92,6 +102,7 @@ class FileEventLog(InteractionLog):
             _write_synced(self._file, blob)
             for record in records:
                 self._add(plain(record))
+                self._counts.add_event(record)
         return len(records)
 
     def history(self, user_id: str, limit: int | None = None) -> list[Event]:
@@ -106,6 +117,8 @@ class FileEventLog(InteractionLog):
             if self._shown_by_user.get(user_id):
                 shown = self._rewrite_impressions(lambda row: row.get("user_id") != user_id)
                 self._shown_by_user.pop(user_id, None)
+            if events or shown:
+                self._counts.reset(read_impressions(self.impressions_path), read_outcomes(self.path))
         return Erased(events, shown)
 
     def forget_item(self, item_id: str) -> int:
@@ -135,13 +148,22 @@ class FileEventLog(InteractionLog):
 
     # --- impressions ----------------------------------------------------------------------------------
     def log_impression(self, impression: Impression) -> None:
-        blob = dumps(impression.to_row()) + b"\n"
+        self.log_impressions([impression])
+
+    def log_impressions(self, impressions: Sequence[Impression]) -> None:
+        """`log_impression` for several, in one write and one fsync (a micro-batch of answers)."""
+        if not impressions:
+            return
+        blob = b"".join(dumps(impression.to_row()) + b"\n" for impression in impressions)
         with self._shown_lock:
             if self._shown_file is None:
                 self._shown_file = open(self.impressions_path, "ab")
             _write_synced(self._shown_file, blob)
-            if impression.user_id is not None:
-                self._shown_by_user[impression.user_id] += 1
+            for impression in impressions:
+                if impression.user_id is not None:
+                    self._shown_by_user[impression.user_id] += 1
+                # under the lock: an erasure's recount (which holds it) sees each impression exactly once
+                self._counts.add_impression(impression)
 
     def _rewrite_impressions(self, keep: Callable[[dict[str, Any]], bool]) -> int:
         """Keep only the impressions `keep` accepts (atomically). Holds the impressions lock."""
@@ -155,6 +177,9 @@ class FileEventLog(InteractionLog):
 
     def impressions(self) -> Iterator[Impression]:
         return read_impressions(self.impressions_path)
+
+    def item_counts(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self._counts.counts(item_ids)
 
     # --- the rest -------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -194,6 +219,18 @@ def read_outcomes(path: str | os.PathLike[str]) -> Iterator[Attributed]:
             continue
         if isinstance(record, Attributed):
             yield record
+
+
+def read_events(path: str | os.PathLike[str], since: float | None = None) -> Iterator[Event]:
+    """The events in an events.jsonl file (attributed or not) with timestamp >= `since`, in file order,
+    without taking its lock (beside a running service): what `mmrec train --events-since` learns from."""
+    for row in _rows(Path(path)):
+        try:
+            event = plain(parse_event(row))
+        except (ValueError, TypeError, KeyError):
+            continue
+        if since is None or event.timestamp >= since:
+            yield event
 
 
 def _keeps_event(keep: Callable[[Event], bool], row: dict[str, Any]) -> bool:

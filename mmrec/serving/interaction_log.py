@@ -17,11 +17,15 @@ user's events and impressions so that no file or key holds the user id afterward
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from mmrec.data.schema import Event
 
@@ -75,7 +79,7 @@ class Impression:
                 "shown": [[s.item_id, s.position, s.score] for s in self.shown]}
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "Impression":
+    def from_row(cls, row: dict[str, Any]) -> Impression:
         shown = tuple(Shown(str(i), int(p), float(s)) for i, p, s in row.get("shown", ()))
         return cls(request_id=str(row["request_id"]), timestamp=float(row["timestamp"]), surface=str(row["surface"]),
                    variant=str(row["variant"]), model=str(row.get("model", "")), user_id=row.get("user_id"),
@@ -120,6 +124,49 @@ def plain(record: Event | Attributed) -> Event:
     return record.event if isinstance(record, Attributed) else record
 
 
+COUNTED_SURFACE = "recommend"
+CLICK = "click"
+
+
+class ItemCounter:
+    """Per-item impressions on /recommend and attributed clicks: what exploration's posterior reads
+    (`InteractionLog.item_counts`). An impression counts each item of a /recommend list once; a click is
+    an event of kind `click` that names a request id (clicks beyond impressions are capped by the policy).
+    Aggregates only: no user id is kept. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._shown: Counter[str] = Counter()
+        self._clicks: Counter[str] = Counter()
+
+    def add_impression(self, impression: Impression) -> None:
+        if impression.surface != COUNTED_SURFACE:
+            return
+        with self._lock:
+            self._shown.update(s.item_id for s in impression.shown)
+
+    def add_event(self, record: Event | Attributed) -> None:
+        if isinstance(record, Attributed) and record.event.kind == CLICK:
+            with self._lock:
+                self._clicks[record.event.item_id] += 1
+
+    def counts(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            shown = np.fromiter((self._shown.get(i, 0) for i in item_ids), dtype=np.float64, count=len(item_ids))
+            clicks = np.fromiter((self._clicks.get(i, 0) for i in item_ids), dtype=np.float64, count=len(item_ids))
+        return shown, clicks
+
+    def reset(self, impressions: Iterable[Impression], events: Iterable[Event | Attributed]) -> None:
+        """Recount from these records (after an erasure rewrote the log)."""
+        fresh = ItemCounter()
+        for impression in impressions:
+            fresh.add_impression(impression)
+        for record in events:
+            fresh.add_event(record)
+        with self._lock:
+            self._shown, self._clicks = fresh._shown, fresh._clicks
+
+
 class InteractionLog(ABC):
     """Events by user and the impressions shown, behind one of the backends (see the module docstring).
     Implementations are thread-safe; writes are durable when they return."""
@@ -152,6 +199,12 @@ class InteractionLog(ABC):
     def log_impression(self, impression: Impression) -> None:
         """Durably record a list shown."""
 
+    def log_impressions(self, impressions: Sequence[Impression]) -> None:
+        """Durably record several lists shown (a micro-batch of the service's answers); backends that can
+        make them durable in one write (the file log: one fsync) override this."""
+        for impression in impressions:
+            self.log_impression(impression)
+
     @abstractmethod
     def impressions(self) -> Iterator[Impression]:
         """Every impression kept (any order)."""
@@ -159,6 +212,14 @@ class InteractionLog(ABC):
     @abstractmethod
     def outcomes(self) -> Iterator[Attributed]:
         """Every attributed event kept (any order)."""
+
+    def item_counts(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(impressions (n,), clicks (n,)) of each item on /recommend (see `ItemCounter`), 0 for an item
+        never shown: what `TwoStageRecommender`'s exploration reads per request. Backends keep running
+        counts; this fallback recounts the whole log."""
+        counter = ItemCounter()
+        counter.reset(self.impressions(), self.outcomes())
+        return counter.counts(item_ids)
 
     @abstractmethod
     def __len__(self) -> int:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
 
 from mmrec.data.schema import Event
-from mmrec.serving.interaction_log import Attributed, Erased, Impression, InteractionLog, plain
+from mmrec.serving.interaction_log import Attributed, Erased, Impression, InteractionLog, ItemCounter, plain
 
 
 class MemoryEventLog(InteractionLog):
@@ -20,12 +22,14 @@ class MemoryEventLog(InteractionLog):
         self._lock = threading.Lock()
         self._events: dict[str, list[Event | Attributed]] = defaultdict(list)
         self._shown: list[Impression] = []
+        self._counts = ItemCounter()
 
     def append(self, events: Iterable[Event | Attributed]) -> int:
         records = list(events)
         with self._lock:
             for record in records:
                 self._events[plain(record).user_id].append(record)
+                self._counts.add_event(record)
         return len(records)
 
     def history(self, user_id: str, limit: int | None = None) -> list[Event]:
@@ -39,6 +43,8 @@ class MemoryEventLog(InteractionLog):
             kept = [i for i in self._shown if i.user_id != user_id]
             shown = len(self._shown) - len(kept)
             self._shown = kept
+            if events or shown:
+                self._counts.reset(self._shown, [r for records in self._events.values() for r in records])
         return Erased(events, shown)
 
     def forget_item(self, item_id: str) -> int:
@@ -56,6 +62,10 @@ class MemoryEventLog(InteractionLog):
     def log_impression(self, impression: Impression) -> None:
         with self._lock:
             self._shown.append(impression)
+            self._counts.add_impression(impression)
+
+    def item_counts(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self._counts.counts(item_ids)
 
     def impressions(self) -> Iterator[Impression]:
         with self._lock:

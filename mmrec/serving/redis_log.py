@@ -10,6 +10,8 @@ Opening refuses a Redis configured otherwise. Keys (all under `mmrec:`):
     item-users:ITEM          set    users with events on ITEM (so an item's events can be found and deleted)
     impressions:USER         list   impressions shown to USER          impression-count  string  how many impressions
     impression-users         set    users with impressions             anonymous-impressions  list  the rest
+    item-shown / item-clicks hash   ITEM -> times shown on /recommend / attributed clicks (exploration's
+                                    counts, `InteractionLog.item_counts`; aggregates, no user id, kept on erasure)
 
 Erasure runs as one Lua script (atomic across replicas): it deletes the user's lists and removes the user
 from every set, so no key or value holds the user id; then it has Redis rewrite its append-only file
@@ -21,13 +23,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+
 from mmrec.data.schema import Event
 from mmrec.serving.interaction_log import (
-    Attributed, Erased, EventLogError, Impression, InteractionLog, dumps, event_row, parse_event, plain,
+    CLICK, COUNTED_SURFACE, Attributed, Erased, EventLogError, Impression, InteractionLog, dumps, event_row,
+    parse_event, plain,
 )
 
 log = logging.getLogger(__name__)
@@ -155,6 +160,8 @@ class RedisEventLog(InteractionLog):
                 pipe.rpush(f"{PREFIX}events:{event.user_id}", dumps(event_row(record)).decode("utf-8"))
                 pipe.sadd(f"{PREFIX}item-users:{event.item_id}", event.user_id)
                 pipe.sadd(f"{PREFIX}users", event.user_id)
+                if isinstance(record, Attributed) and event.kind == CLICK:
+                    pipe.hincrby(f"{PREFIX}item-clicks", event.item_id, 1)
             pipe.incrby(f"{PREFIX}event-count", len(records))
             pipe.execute()
         return len(records)
@@ -193,7 +200,21 @@ class RedisEventLog(InteractionLog):
                 pipe.rpush(f"{PREFIX}impressions:{impression.user_id}", row)
                 pipe.sadd(f"{PREFIX}impression-users", impression.user_id)
             pipe.incr(f"{PREFIX}impression-count")
+            if impression.surface == COUNTED_SURFACE:
+                for shown in impression.shown:
+                    pipe.hincrby(f"{PREFIX}item-shown", shown.item_id, 1)
             pipe.execute()
+
+    def item_counts(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        if len(item_ids) == 0:  # (not `not item_ids`: a numpy array of ids has no truth value)
+            return np.zeros(0), np.zeros(0)
+        with self._errors():
+            pipe = self._r.pipeline(transaction=False)
+            pipe.hmget(f"{PREFIX}item-shown", list(item_ids))
+            pipe.hmget(f"{PREFIX}item-clicks", list(item_ids))
+            shown, clicks = pipe.execute()
+        as_array = lambda values: np.array([float(v or 0) for v in values], dtype=np.float64)
+        return as_array(shown), as_array(clicks)
 
     def impressions(self) -> Iterator[Impression]:
         with self._errors():

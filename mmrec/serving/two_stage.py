@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from index import Filter, Point, VectorStore
+from index import Filter, Hit, Point, SearchRequest, VectorStore
 from mmrec.store.catalog_store import Recommendation, merge_filter
 from mmrec.model.transformer import FusionTransformer
 from mmrec.data.schema import Event
@@ -188,26 +188,7 @@ class TwoStageRecommender:
         cfg = self.model.cfg
         events = [e for e in events if e.item_id in points]
         rows = [[e for e in events if e.item_id not in gone][-cfg.max_len :] for gone in remove]
-        users = torch.zeros(len(rows), cfg.hidden)
-        if not any(rows):
-            return users
-        order = list(dict.fromkeys(e.item_id for e in events))
-        row = {iid: i for i, iid in enumerate(order)}
-        table = self.model.item_table(*self._items([points[i] for i in order]))
-        # rows with and without timestamps are coded apart, exactly as `user_vector` codes each alone
-        timed = [any(e.timestamp for e in r) for r in rows]
-        for group in ([r for r in range(len(rows)) if rows[r] and timed[r]],
-                      [r for r in range(len(rows)) if rows[r] and not timed[r]]):
-            if not group:
-                continue
-            codes = self._codes([rows[r] for r in group], points, row)
-            lengths = np.diff(codes.indptr)
-            batch = gather(codes, codes.indptr[:-1], lengths)
-            hidden = self.model(table, batch["item"], batch["lengths"], batch["kind"], batch["gap"], batch["value"])
-            last = hidden[torch.arange(len(group)), batch["lengths"] - 1]
-            ctx = market_codes([self._context(rows[r], points, context_market) for r in group], cfg.markets, len(group))
-            users[group] = self.model.user_vectors(last, torch.from_numpy(ctx))
-        return users
+        return self._forward(rows, [self._context(r, points, context_market) if r else None for r in rows], points)
 
     def reasons(self, events: Sequence[Event], points: dict[str, Point], context_market: str | None,
                 u: torch.Tensor, candidates: torch.Tensor, bias: np.ndarray, results: Sequence[int],
@@ -259,36 +240,129 @@ class TwoStageRecommender:
         finally:
             log.debug("recommend: %.1f ms", 1000 * (time.perf_counter() - t0))
 
+    @torch.no_grad()
+    def recommend_many(self, requests: Sequence[RecommendRequest]) -> list[tuple[list[Recommendation], list[str]]]:
+        """`recommend` for several requests at once (the service's micro-batches, `mmrec.serving.batching`):
+        one store lookup for all histories, one transformer forward for all user vectors, one batched
+        index query (`VectorStore.search_batch`), one forward per reason step for all requests. Each answer
+        is the one `recommend` gives that request alone (same items; scores equal up to float rounding);
+        per-request filters, k, market, negatives and exploration draws apply as there. Every request is
+        checked before any runs (ValueError / TypeError naming the request)."""
+        jobs = []
+        for i, r in enumerate(requests):
+            if r.k < 1:
+                raise ValueError(f"request {i}: k must be positive, got {r.k}")
+            try:
+                events = _as_events(r.history)
+            except TypeError as exc:
+                raise TypeError(f"request {i}: {exc}") from None
+            jobs.append(_Job(events, r.k, r.filter, r.market, set(r.negatives), r.rng))
+        t0 = time.perf_counter()
+        self._run(jobs)
+        log.debug("recommend_many: %d requests in %.1f ms", len(jobs), 1000 * (time.perf_counter() - t0))
+        return [job.answer or ([], []) for job in jobs]
+
     def _recommend(self, events: list[Event], k: int, flt: Filter | None, market: str | None,
                    negatives: set[str], rng: np.random.Generator | None = None
                    ) -> tuple[list[Recommendation], list[str]]:
+        job = _Job(events, k, flt, market, negatives, rng)
+        self._run([job])
+        return job.answer or ([], [])
+
+    def _run(self, jobs: list[_Job]) -> None:
+        """Answer every job (``job.answer``): the stages below, each per request except the model forwards
+        and the index query, which run once for all jobs."""
         cfg = self.config
-        events = [e for e in events if e.item_id not in negatives]
-        if not events:
-            return [], []
-        points = {p.item_id: p for p in self.store.get(list(dict.fromkeys(e.item_id for e in events)), with_vectors=True)
-                  if cfg.using in p.vectors}
-        if not any(e.item_id in points for e in events):
-            return [], []
-        if market is None and flt is not None and flt.markets and len(flt.markets) == 1:
-            market = flt.markets[0]
-        u, hist_table, hist_ids = self.user_vector(events, points, market)
-        used = list(dict.fromkeys(e.item_id for e in reversed(events) if e.item_id in points))  # newest first
-        # Stage 1: retrieve with the content part of the score, inside the filters, history excluded.
-        seen_items = list(points) + [n for n in negatives]
-        seen_products = sorted({str(p.payload.get("product_id") or p.item_id) for p in points.values()})
-        flt = merge_filter(flt, seen_items, seen_products if cfg.exclude_seen_products else (),
-                           markets=(market,) if market is not None and not (flt and flt.markets) else None)
-        query = self.model.content_query(u[None, :])[0].numpy()
-        hits = self.store.search(query, using=cfg.using, k=max(cfg.n_retrieve, k), filter=flt, with_vectors=True)
+        for job in jobs:
+            job.events = [e for e in job.events if e.item_id not in job.negatives]
+        wanted = list(dict.fromkeys(e.item_id for job in jobs for e in job.events))
+        points = {p.item_id: p for p in self.store.get(wanted, with_vectors=True) if cfg.using in p.vectors} \
+            if wanted else {}
+        live = []
+        for job in jobs:
+            job.points = {e.item_id: points[e.item_id] for e in job.events if e.item_id in points}
+            if not job.points:
+                job.answer = ([], [])
+                continue
+            if job.market is None and job.flt is not None and job.flt.markets and len(job.flt.markets) == 1:
+                job.market = job.flt.markets[0]
+            job.used = list(dict.fromkeys(e.item_id for e in reversed(job.events) if e.item_id in job.points))
+            live.append(job)
+        if not live:
+            return
+        windows = [[e for e in job.events if e.item_id in job.points][-self.model.cfg.max_len :] for job in live]
+        users = self._forward(windows, [self._context(w, points, job.market) for w, job in zip(windows, live)], points)
+        # Stage 1: retrieve with the content part of the score, inside each request's filters.
+        queries = self.model.content_query(users).numpy()
+        hits = self.store.search_batch([
+            SearchRequest(q, using=cfg.using, k=max(cfg.n_retrieve, job.k), filter=self._retrieval_filter(job),
+                          with_vectors=True) for job, q in zip(live, queries)])
+        # Stage 2: rank with the full model score, per request; then the reasons, batched.
+        ranked = [r for r in (self._rank(job, u, h) for job, u, h in zip(live, users, hits)) if r is not None]
+        if ranked:
+            for r, reasons_of in zip(ranked, self._reasons_many(ranked, points)):
+                recs = [Recommendation(r.cand[j].item_id, float(r.scores[j]), r.cand[j].payload, reasons_of[i],
+                                       r.explored[i]) for i, j in enumerate(r.picked)]
+                r.job.answer = (recs, r.job.used)
+
+    @torch.no_grad()
+    def _forward(self, rows: Sequence[Sequence[Event]], contexts: Sequence[str | None], points: dict[str, Point]
+                 ) -> torch.Tensor:
+        """(R, d): the user vector of each row of events (already cut to the model's window) in storefront
+        ``contexts[r]``, all rows in one batched forward (rows with and without timestamps are coded apart,
+        exactly as each alone would be). An empty row gets the zero vector (score 0)."""
+        cfg = self.model.cfg
+        users = torch.zeros(len(rows), cfg.hidden)
+        if not any(rows):
+            return users
+        order = list(dict.fromkeys(e.item_id for r in rows for e in r))
+        row = {iid: i for i, iid in enumerate(order)}
+        table = self.model.item_table(*self._items([points[i] for i in order]))
+        timed = [any(e.timestamp for e in r) for r in rows]
+        for group in ([r for r in range(len(rows)) if rows[r] and timed[r]],
+                      [r for r in range(len(rows)) if rows[r] and not timed[r]]):
+            if not group:
+                continue
+            codes = self._codes([rows[r] for r in group], points, row)
+            batch = gather(codes, codes.indptr[:-1], np.diff(codes.indptr))
+            hidden = self.model(table, batch["item"], batch["lengths"], batch["kind"], batch["gap"], batch["value"])
+            last = hidden[torch.arange(len(group)), batch["lengths"] - 1]
+            ctx = market_codes([contexts[r] for r in group], cfg.markets, len(group))
+            users[group] = self.model.user_vectors(last, torch.from_numpy(ctx))
+        return users
+
+    def _retrieval_filter(self, job: _Job) -> Filter | None:
+        """Stage 1's filter for one request: its own, the history (and negatives) excluded, the history's
+        products too with `exclude_seen_products`, and the storefront's market."""
+        cfg = self.config
+        flt, market = job.flt, job.market
+        if self.model.cfg.repeat_purchases:  # re-offering is the model's decision: history items compete
+            seen_items, seen_products = list(job.negatives), []
+        else:
+            seen_items = list(job.points) + [n for n in job.negatives]
+            seen_products = sorted({str(p.payload.get("product_id") or p.item_id) for p in job.points.values()})
+        return merge_filter(flt, seen_items, seen_products if cfg.exclude_seen_products else (),
+                            markets=(market,) if market is not None and not (flt and flt.markets) else None)
+
+    def _rank(self, job: _Job, u: torch.Tensor, hits: Sequence[Hit]) -> _Ranked | None:
+        """Stage 2 for one request: the retrieved candidates scored with the full model (content + ID when
+        warm + market), one listing per product, exploration slots; None (and ``job.answer`` set) when
+        nothing is left to show."""
+        cfg = self.config
+        k, rng = job.k, job.rng
         hits = [h for h in hits if h.vectors and cfg.using in h.vectors]
         if not hits:
-            return [], used
-        # Stage 2: rank with the full model score (content + ID when warm + market).
+            job.answer = ([], job.used)
+            return None
         cand = [Point(h.item_id, h.vectors, h.payload) for h in hits]
+        if self.model.cfg.repeat_purchases:  # the history's items are candidates too, retrieved or not
+            retrieved = {p.item_id for p in cand}
+            cand += [p for p in job.points.values() if p.item_id not in retrieved and _passes(job.flt, job.market, p)]
         content, ids, markets = self._items(cand)
         table = self.model.item_table(content, ids, markets)  # (N, d)
         scores = (table @ u).numpy()
+        if self.model.cfg.repeat_purchases:
+            self._add_repeat_bonus(job, u, cand, table, scores)
         if cfg.cold_offset:
             scores[ids.numpy() == 0] += cfg.cold_offset
         order = np.argsort(-scores, kind="stable")
@@ -303,23 +377,137 @@ class TwoStageRecommender:
             picked.append(int(j))
             if len(picked) == limit:
                 break
+        explored = [False] * min(len(picked), k)
         if explore and picked:
             impressions, clicks = self.item_counts([cand[j].item_id for j in picked])
             page = self.exploration.select(scores[picked], impressions, clicks, k, rng)
             picked = [picked[int(i)] for i in page.slots]
+            explored = [bool(x) for x in page.explored]
         if not picked:
-            return [], used
-        if cfg.reasons != "cosine":  # the history items whose removal lowers each result's score most
-            bias = np.where(ids.numpy() == 0, cfg.cold_offset, 0.0)
-            reasons_of = self.reasons(events, points, market, u, table, bias, picked)
-        else:
-            # Reasons: the history items whose model representation is closest to each result's.
-            sims = _unit(table[picked].numpy()) @ _unit(hist_table.numpy()).T
-            reasons_of = [[(hist_ids[int(t)], float(sims[r, t])) for t in np.argsort(-sims[r], kind="stable")[: cfg.n_reasons]]
-                          for r in range(len(picked))]
-        recs = [Recommendation(cand[j].item_id, float(scores[j]), cand[j].payload, reasons_of[r])
-                for r, j in enumerate(picked)]
-        return recs, used
+            job.answer = ([], job.used)
+            return None
+        return _Ranked(job, u, cand, table, ids, scores, picked, explored)
+
+    def _add_repeat_bonus(self, job: _Job, u: torch.Tensor, cand: Sequence[Point], table: torch.Tensor,
+                          scores: np.ndarray) -> None:
+        """A repeat_purchases model's bonus on the candidates the shopper bought before."""
+        from mmrec.model.features import history_repeat_pairs
+
+        history = [e for e in job.events if e.item_id in job.points]
+        order = list(dict.fromkeys(e.item_id for e in history))
+        codes = self._codes([history], job.points, {iid: i for i, iid in enumerate(order)})
+        row, item, ago, nb, share = history_repeat_pairs(codes)
+        where = {p.item_id: j for j, p in enumerate(cand)}
+        js = np.array([where.get(order[int(i)], -1) for i in item], dtype=np.int64)
+        keep = js >= 0
+        if not keep.any():
+            return
+        bonus = self.model.repeat_bonus(u[None, :], torch.from_numpy(row[keep]), torch.from_numpy(ago[keep]),
+                                        torch.from_numpy(nb[keep]), torch.from_numpy(share[keep]),
+                                        table[torch.from_numpy(js[keep])]).numpy()
+        np.add.at(scores, js[keep], bonus)
+
+    def _reasons_many(self, ranked: Sequence[_Ranked], points: dict[str, Point]) -> list[list[list[tuple[str, float]]]]:
+        """Reasons for every result of every request (see `reasons`; ``ServingConfig.reasons``), each
+        deletion step one forward over the reduced histories of all requests."""
+        cfg = self.config
+        max_len = self.model.cfg.max_len
+        histories = [[e for e in r.job.events if e.item_id in r.job.points] for r in ranked]
+        if cfg.reasons == "cosine":  # the history items whose model representation is closest to each result's
+            out = []
+            for r, events in zip(ranked, histories):
+                hist_ids = list(dict.fromkeys(e.item_id for e in events[-max_len:]))
+                hist_table = self.model.item_table(*self._items([points[i] for i in hist_ids]))
+                sims = _unit(r.table[r.picked].numpy()) @ _unit(hist_table.numpy()).T
+                out.append([[(hist_ids[int(t)], float(sims[i, t]))
+                             for t in np.argsort(-sims[i], kind="stable")[: cfg.n_reasons]] for i in range(len(r.picked))])
+            return out
+        windows = [window_items([e.item_id for e in h], max_len) for h in histories]
+        windows = [w[: cfg.reason_items] if cfg.reason_items else w for w in windows]
+        width = max(len(r.picked) for r in ranked)  # results padded (repeating the last) to one width
+        results = [np.asarray(r.picked + [r.picked[-1]] * (width - len(r.picked))) for r in ranked]
+        tables = [r.table.numpy() for r in ranked]
+        biases = [np.where(r.ids.numpy() == 0, cfg.cold_offset, 0.0) for r in ranked]
+
+        def value_of(b: int, users: np.ndarray) -> np.ndarray:
+            return log_probabilities(users, tables[b], results[b], biases[b])
+
+        def users_without(owner: list[int], sets: list[tuple]) -> np.ndarray:
+            rows = [[e for e in histories[b] if e.item_id not in gone][-max_len:] for b, gone in zip(owner, sets)]
+            contexts = [self._context(row, points, ranked[b].job.market) if row else None
+                        for b, row in zip(owner, rows)]
+            return self._forward(rows, contexts, points).numpy()
+
+        full = np.concatenate([value_of(b, r.u.numpy()[None, :]) for b, r in enumerate(ranked)])
+        if cfg.reasons == "leave_one_out":
+            without = users_without([b for b, w in enumerate(windows) for _ in w], [(x,) for w in windows for x in w])
+            out, at = [], 0
+            for b, (r, w) in enumerate(zip(ranked, windows)):
+                attr = full[b : b + 1] - value_of(b, without[at : at + len(w)])  # (U, K)
+                at += len(w)
+                out.append([top_reasons(w, attr[:, i], cfg.n_reasons) for i in range(len(r.picked))])
+            return out
+        found = sequential_reasons(windows, full, value_of, users_without, cfg.n_reasons)
+        return [found[b][: len(r.picked)] for b, r in enumerate(ranked)]
+
+
+@dataclass
+class RecommendRequest:
+    """One request of a batch (`TwoStageRecommender.recommend_many`): the arguments of `recommend`."""
+
+    history: Sequence[Event | str | dict]
+    k: int = 10
+    filter: Filter | None = None
+    market: str | None = None
+    negatives: Sequence[str] = ()
+    rng: np.random.Generator | None = None
+
+
+@dataclass
+class _Job:
+    """A request on its way through `TwoStageRecommender._run`; ``answer`` is set when it is done."""
+
+    events: list[Event]
+    k: int
+    flt: Filter | None
+    market: str | None
+    negatives: set[str]
+    rng: np.random.Generator | None = None
+    points: dict[str, Point] = field(default_factory=dict)
+    used: list[str] = field(default_factory=list)
+    answer: tuple[list[Recommendation], list[str]] | None = None
+
+
+@dataclass
+class _Ranked:
+    """A request after stage 2: its candidates, their item table, ID codes and scores, the picked results
+    (candidate indices in page order) and which were explored."""
+
+    job: _Job
+    u: torch.Tensor
+    cand: list[Point]
+    table: torch.Tensor
+    ids: torch.Tensor
+    scores: np.ndarray
+    picked: list[int]
+    explored: list[bool]
+
+
+def _passes(flt: Filter | None, market: str | None, point: Point) -> bool:
+    """Whether a history item may be re-offered under a request's storefront and filter (its id, product,
+    market, language and category conditions; the index applies the filter to retrieved items)."""
+    payload = point.payload or {}
+    if market is not None and not (flt and flt.markets) and payload.get("market") not in (None, market):
+        return False
+    if flt is None:
+        return True
+    if point.item_id in flt.exclude_item_ids or str(payload.get("product_id")) in flt.exclude_product_ids:
+        return False
+    for name, key in (("markets", "market"), ("languages", "language"), ("categories", "category")):
+        allowed = getattr(flt, name)
+        if allowed and payload.get(key) not in allowed:
+            return False
+    return True
 
 
 def load_ranker(path: str | Path, catalog: Any, config: ServingConfig | None = None,

@@ -104,6 +104,7 @@ class Recommendation:
     score: float
     payload: dict[str, Any]
     reasons: list[tuple[str, float]] = field(default_factory=list)
+    explored: bool = False  # shown in an exploration slot (mmrec.serving.exploration), not for its rank
 
 
 class CatalogStore:
@@ -155,18 +156,22 @@ class CatalogStore:
         return cls(encoder, store, config.reindex_every)
 
     # --- writes -----------------------------------------------------------------------------------------
-    def upsert_items(self, items: Sequence[Item]) -> list[str]:
+    def upsert_items(self, items: Sequence[Item], *, remember: bool = True) -> list[str]:
         """Embed and store items; searchable and recommendable as soon as this returns. Raises
-        encoders.base.ImageDecodeError (naming the item) before anything is written if an image is bad."""
+        encoders.base.ImageDecodeError (naming the item) before anything is written if an image is bad.
+        remember: also keep their vectors in the in-memory `VectorCache` (what a serving process wants for
+        fresh items; a bulk load passes False so memory does not grow with the catalog)."""
         if not items:
             return []
         with self._encode_lock:
             out = self.encoder.encode(items, errors="raise")
-        return self.upsert_embedded(items, out)
+        return self.upsert_embedded(items, out, remember=remember)
 
-    def upsert_embedded(self, items: Sequence[Item], out: dict[str, np.ndarray]) -> list[str]:
+    def upsert_embedded(self, items: Sequence[Item], out: dict[str, np.ndarray], *,
+                        remember: bool = True) -> list[str]:
         """Store items whose vectors this store's encoder already made (e.g. `mmrec embed --store`):
-        `out` = {"text", "image", "fused"} (n, D) arrays, NaN rows where a modality is missing."""
+        `out` = {"text", "image", "fused"} (n, D) arrays, NaN rows where a modality is missing.
+        remember: as in `upsert_items`."""
         now = int(time.time())
         points = []
         for i, it in enumerate(items):
@@ -184,9 +189,12 @@ class CatalogStore:
             }
             points.append(Point(it.item_id, vectors, payload))
         self.store.upsert(points, batch_size=max(len(points), 1))
-        for point in points:  # what is now stored (cosine: unit length, as the store returns it)
-            fused = np.asarray(point.vectors["fused"], dtype=np.float32)
-            self.vectors.put(point.item_id, fused / np.linalg.norm(fused), point.payload["product_id"])
+        if remember:
+            for point in points:  # what is now stored (cosine: unit length, as the store returns it)
+                fused = np.asarray(point.vectors["fused"], dtype=np.float32)
+                self.vectors.put(point.item_id, fused / np.linalg.norm(fused), point.payload["product_id"])
+        else:  # a re-upserted item must not keep its old vector in the cache
+            self.vectors.drop([point.item_id for point in points])
         self._maybe_reindex(len(points))
         return [it.item_id for it in items]
 
@@ -234,6 +242,12 @@ class CatalogStore:
     def embed_query(self, text: str) -> np.ndarray:
         with self._encode_lock:
             return self.encoder.encode_query(text)
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, D) search queries in one text-encoder call (the service batches concurrent /search queries);
+        row i is `embed_query(texts[i])` up to float rounding."""
+        with self._encode_lock:
+            return self.encoder.text_encoder.encode(list(texts), kind="query")
 
     def embed_image(self, image: ImageInput) -> np.ndarray:
         """An image in the shared space. Raises ImageDecodeError for undecodable input, ValueError if the

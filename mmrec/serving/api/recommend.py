@@ -1,52 +1,111 @@
 """POST /recommend: recommendations with reasons, for a user (from their events) or an ad-hoc history,
-from the A/B variant the user is assigned to; the answer carries a request id and is logged as an impression."""
+from the A/B variant the user is assigned to; the answer carries a request id and is logged as an impression.
+
+Requests for a model variant are micro-batched (`mmrec serve --batch-window-ms`, mmrec/serving/batching.py):
+the concurrent requests of a few milliseconds are looked up, embedded and ranked together on the variant's
+batch thread (`TwoStageRecommender.recommend_many`: one forward, one batched index query), each answered as
+it would be alone, and their impressions logged in one durable write. The event loop only validates and awaits.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 
-from mmrec.serving.api.dependencies import ServicesDep, TelemetryDep, make_filter
-from mmrec.serving.api.impressions import log_shown
+from index import Filter
+from mmrec.serving.api.dependencies import Services, ServicesDep, TelemetryDep, make_filter
+from mmrec.serving.api.impressions import log_impressions, shown_impression
 from mmrec.serving.api.schemas import (
     ERRORS, NEGATIVE_RATING_BELOW, RecommendIn, RecommendOut, recommendation_out,
 )
+from mmrec.serving.api.telemetry import Telemetry
 from mmrec.serving.interaction_log import new_request_id
-from mmrec.serving.variants import pick
+from mmrec.serving.variants import Variant, pick
 
 router = APIRouter(tags=["recommend"])
 
 
+@dataclass
+class RecommendCall:
+    """One checked /recommend request on its way to a batch."""
+
+    body: RecommendIn
+    flt: Filter | None
+    variant: Variant
+    request_id: str
+
+
 @router.post("/recommend", response_model=RecommendOut, responses=ERRORS)
-def recommend(body: RecommendIn, services: ServicesDep, telemetry: TelemetryDep) -> dict[str, Any]:
+async def recommend(body: RecommendIn, services: ServicesDep, telemetry: TelemetryDep) -> dict[str, Any]:
     """Ranked by the variant's fusion transformer (`--model` / `--variant name=CHECKPOINT:SHARE`), else
     content-based (items near the mean of the history's vectors). A user is always served by the same
     variant (a hash of the user id); an ad-hoc history by a random one. Low ratings count against an item.
     History ids that are not in the catalog are left out and listed in `history_dropped` (item ids are
     not secret). A user without events, never seen or erased, gets the same empty answer either way: no
     user can be told to exist."""
-    flt = make_filter(services.markets, market=body.market, language=body.language, in_stock=body.in_stock)
+    if body.market is None:  # a market is checked against the store: off the event loop
+        flt = make_filter(services.markets, language=body.language, in_stock=body.in_stock)
+    else:
+        flt = await run_in_threadpool(make_filter, services.markets, body.market, body.language, None, body.in_stock)
     request_id = new_request_id()
     variant = pick(services.variants, body.user_id if body.user_id is not None else request_id, services.experiment)
-    dropped: list[str] = []
-    negatives: list[str] = []
-    if body.user_id is not None:
-        source: list[Any] = services.events.history(body.user_id)
-        history = [e.item_id for e in source]
-        negatives = [e.item_id for e in source
-                     if e.kind == "rating" and e.value is not None and e.value < NEGATIVE_RATING_BELOW]
-    else:
-        known = {p.item_id for p in services.catalog.store.get(list(dict.fromkeys(body.history or [])))}
-        dropped = [i for i in dict.fromkeys(body.history or []) if i not in known]
-        history = source = [i for i in body.history or [] if i in known]
-    if not history:
-        recs, used = [], []
-    elif variant.ranker is not None:  # the fusion transformer reads the events themselves (times, kinds, markets)
-        recs, used = variant.ranker.recommend(source, body.k, flt, market=body.market, negatives=negatives)
-    else:
-        recs, used = services.catalog.recommend(history, body.k, flt, negatives=negatives)
-    results = [recommendation_out(r) for r in recs]
-    log_shown(services, telemetry, results, surface="recommend", user_id=body.user_id, market=body.market,
-              variant=variant.name, model=variant.model, request_id=request_id)
-    return {"request_id": request_id, "variant": variant.name, "user_id": body.user_id, "history_used": used,
-            "history_dropped": dropped, "results": results}
+    call = RecommendCall(body, flt, variant, request_id)
+    if variant.ranker is not None and services.batching.enabled:
+        batcher = services.batcher(f"recommend:{variant.name}", lambda calls: answer_calls(services, telemetry, calls))
+        return await batcher.run(call)
+    return (await run_in_threadpool(answer_calls, services, telemetry, [call]))[0]
+
+
+def answer_calls(services: Services, telemetry: Telemetry, calls: list[RecommendCall]) -> list[dict[str, Any]]:
+    """The answers to these requests, logged as impressions (one durable write for all): one store read
+    for the ad-hoc histories' ids, one `recommend_many` per model variant, content-based requests one by
+    one."""
+    wanted = list(dict.fromkeys(i for c in calls if c.body.user_id is None for i in c.body.history or []))
+    known = {p.item_id for p in services.catalog.store.get(wanted)} if wanted else set()
+    sources, histories, negatives, dropped = [], [], [], []
+    for c in calls:
+        body = c.body
+        if body.user_id is not None:
+            source: list[Any] = services.events.history(body.user_id)
+            histories.append([e.item_id for e in source])
+            negatives.append([e.item_id for e in source
+                              if e.kind == "rating" and e.value is not None and e.value < NEGATIVE_RATING_BELOW])
+            dropped.append([])
+        else:
+            ids = body.history or []
+            dropped.append([i for i in dict.fromkeys(ids) if i not in known])
+            source = [i for i in ids if i in known]
+            histories.append(source)
+            negatives.append([])
+        sources.append(source)
+    ranked: list[tuple[list, list[str]] | None] = [None] * len(calls)
+    by_ranker: dict[int, list[int]] = {}
+    for i, c in enumerate(calls):
+        if not histories[i]:
+            ranked[i] = ([], [])
+        elif c.variant.ranker is not None:  # the fusion transformer reads the events themselves
+            by_ranker.setdefault(id(c.variant.ranker), []).append(i)
+        else:
+            ranked[i] = services.catalog.recommend(histories[i], c.body.k, c.flt, negatives=negatives[i])
+    if by_ranker:
+        from mmrec.serving.two_stage import RecommendRequest
+
+        for idx in by_ranker.values():
+            ranker = calls[idx[0]].variant.ranker
+            answers = ranker.recommend_many([
+                RecommendRequest(sources[i], calls[i].body.k, calls[i].flt, market=calls[i].body.market,
+                                 negatives=negatives[i]) for i in idx])
+            for i, a in zip(idx, answers):
+                ranked[i] = a
+    out, impressions = [], []
+    for c, d, (recs, used) in zip(calls, dropped, ranked):  # type: ignore[misc]
+        results = [recommendation_out(r) for r in recs]
+        out.append({"request_id": c.request_id, "variant": c.variant.name, "user_id": c.body.user_id,
+                    "history_used": used, "history_dropped": d, "results": results})
+        impressions.append(shown_impression(results, surface="recommend", user_id=c.body.user_id,
+                                            market=c.body.market, variant=c.variant.name, model=c.variant.model,
+                                            request_id=c.request_id))
+    log_impressions(services, telemetry, impressions)
+    return out

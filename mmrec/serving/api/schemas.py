@@ -192,6 +192,8 @@ class Reason(BaseModel):
 
 class RecommendationOut(ResultOut):
     reasons: list[Reason]
+    explored: bool = Field(False, description="shown in an exploration slot for a new item (`mmrec serve --explore`), "
+                           "not for its rank: its score is below the page's")
 
 
 class RecommendOut(BaseModel):
@@ -263,4 +265,4 @@ def search_out(groups: list[Group]) -> dict[str, Any]:
 
 def recommendation_out(rec: Recommendation) -> dict[str, Any]:
     reasons = [{"item_id": i, "attribution": a, "similarity": a} for i, a in rec.reasons]
-    return item_out(rec.payload, rec.item_id, score=rec.score, reasons=reasons)
+    return item_out(rec.payload, rec.item_id, score=rec.score, reasons=reasons, explored=rec.explored)
