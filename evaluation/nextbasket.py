@@ -24,7 +24,7 @@ import numpy as np
 from .data import EvalSet, Split
 from .events import code_events
 from .metrics import ACCURACY_METRICS, accuracy_metrics_batch, hit_matrix
-from .splits import _time_at_quantile
+from .splits import temporal_cuts
 
 __all__ = ["basket_ids", "next_basket_split", "repeat_explore_metrics", "repeat_explore_sets"]
 
@@ -86,12 +86,7 @@ def next_basket_split(
     coded = code_events(events, items=items, item_market=item_market, tie_break="stable", seed=seed,
                         max_users=max_users)
     basket = basket_ids(coded.ts, coded.indptr)
-    if t is None:
-        t = _time_at_quantile(coded.ts, quantile)
-    if valid_t is None and valid_quantile is not None:
-        valid_t = _time_at_quantile(coded.ts, valid_quantile)
-    if valid_t is not None and valid_t >= t:
-        raise ValueError(f"valid_t ({valid_t}) must be before t ({t})")
+    t, valid_t = temporal_cuts(coded.ts, t, quantile, valid_t, valid_quantile)
     test = coded.eval_set(*_cases(coded, basket, t, min_history))
     if len(test) == 0:
         raise ValueError(f"no test cases: no user has events both before and at/after t={t}")

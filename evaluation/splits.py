@@ -122,6 +122,19 @@ def _time_at_quantile(ts: np.ndarray, q: float) -> int:
     return int(np.quantile(ts, q, method="higher"))
 
 
+def temporal_cuts(ts: np.ndarray, t: int | None, quantile: float, valid_t: int | None,
+                  valid_quantile: float | None) -> tuple[int, int | None]:
+    """The test cut ``t`` (default: the ``quantile`` of event times) and the optional validation cut
+    (``valid_t`` or the ``valid_quantile``), which must come first: shared by every split on a global cut."""
+    if t is None:
+        t = _time_at_quantile(ts, quantile)
+    if valid_t is None and valid_quantile is not None:
+        valid_t = _time_at_quantile(ts, valid_quantile)
+    if valid_t is not None and valid_t >= t:
+        raise ValueError(f"valid_t ({valid_t}) must be before t ({t})")
+    return t, valid_t
+
+
 def temporal_split(
     events: Any,
     t: int | None = None,
@@ -151,12 +164,7 @@ def temporal_split(
     """
     coded = code_events(events, items=items, item_market=item_market, tie_break=tie_break, seed=seed,
                          max_users=max_users)
-    if t is None:
-        t = _time_at_quantile(coded.ts, quantile)
-    if valid_t is None and valid_quantile is not None:
-        valid_t = _time_at_quantile(coded.ts, valid_quantile)
-    if valid_t is not None and valid_t >= t:
-        raise ValueError(f"valid_t ({valid_t}) must be before t ({t})")
+    t, valid_t = temporal_cuts(coded.ts, t, quantile, valid_t, valid_quantile)
     train_end = t if valid_t is None else valid_t
     test = coded.eval_set(*_future_cases(coded, t, t, t_end, None, target, min_history, exclude_history_items))
     if len(test) == 0:
