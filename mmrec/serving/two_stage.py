@@ -179,42 +179,6 @@ class TwoStageRecommender:
         u = self.model.user_vectors(hidden[0, len(events) - 1][None, :], ctx_code)[0]
         return u, table, order
 
-    @torch.no_grad()
-    def users_without(self, events: Sequence[Event], points: dict[str, Point], context_market: str | None,
-                      remove: Sequence[tuple[str, ...]]) -> torch.Tensor:
-        """(R, d): the user vector of the history without any event of the items ``remove[r]``, exactly
-        as `user_vector` computes it for that history, all rows in one batched forward. A history left
-        empty gets the zero vector (score 0)."""
-        cfg = self.model.cfg
-        events = [e for e in events if e.item_id in points]
-        rows = [[e for e in events if e.item_id not in gone][-cfg.max_len :] for gone in remove]
-        return self._forward(rows, [self._context(r, points, context_market) if r else None for r in rows], points)
-
-    def reasons(self, events: Sequence[Event], points: dict[str, Point], context_market: str | None,
-                u: torch.Tensor, candidates: torch.Tensor, bias: np.ndarray, results: Sequence[int],
-                ) -> list[list[tuple[str, float]]]:
-        """Per result (``results`` index the ranked ``candidates`` (N, d), whose scores are u . row +
-        ``bias``): up to ``n_reasons`` (history item id, drop in the result's log-probability among the
-        candidates without that item), largest first (see `ServingConfig.reasons`)."""
-        cfg = self.config
-        window = window_items([e.item_id for e in events if e.item_id in points], self.model.cfg.max_len)
-        window = window[: cfg.reason_items] if cfg.reason_items else window
-        table = candidates.numpy()
-
-        def value_of(_: int, users: np.ndarray) -> np.ndarray:
-            return log_probabilities(users, table, np.asarray(results), bias)
-
-        full = value_of(0, u.numpy()[None, :])
-        if cfg.reasons == "leave_one_out":
-            without = self.users_without(events, points, context_market, [(x,) for x in window]).numpy()
-            attr = full - value_of(0, without)  # (U, K)
-            return [top_reasons(window, attr[:, r], cfg.n_reasons) for r in range(len(results))]
-
-        def users_without(owner: list[int], sets: list[tuple]) -> np.ndarray:
-            return self.users_without(events, points, context_market, sets).numpy()
-
-        return sequential_reasons([window], full, value_of, users_without, cfg.n_reasons)[0]
-
     # ---------------------------------------------------------------- the request
 
     @torch.no_grad()
@@ -408,8 +372,9 @@ class TwoStageRecommender:
         np.add.at(scores, js[keep], bonus)
 
     def _reasons_many(self, ranked: Sequence[_Ranked], points: dict[str, Point]) -> list[list[list[tuple[str, float]]]]:
-        """Reasons for every result of every request (see `reasons`; ``ServingConfig.reasons``), each
-        deletion step one forward over the reduced histories of all requests."""
+        """Reasons for every result of every request (``ServingConfig.reasons``): up to ``n_reasons``
+        (history item id, drop in the result's log-probability among the candidates without that item),
+        largest first; each deletion step one forward over the reduced histories of all requests."""
         cfg = self.config
         max_len = self.model.cfg.max_len
         histories = [[e for e in r.job.events if e.item_id in r.job.points] for r in ranked]
