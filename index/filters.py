@@ -6,7 +6,7 @@ the recommender say "market in {de, fr}, in stock, price <= 50" once, for the ed
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Iterable
+from typing import Any, Iterable
 
 from index.errors import PayloadError
 from index.schema import unique_ids
@@ -82,6 +82,32 @@ class Filter:
         kwargs = {f.name: getattr(self, f.name) for f in fields(self)}
         kwargs["exclude_item_ids"] = tuple(self.exclude_item_ids) + tuple(item_ids)
         return Filter(**kwargs)
+
+    def matches(self, item_id: str, payload: dict[str, Any]) -> bool:
+        """Whether a point with this id and payload passes the filter, with the semantics every backend
+        gives it (a missing field fails a condition on it): for points the caller holds already and the
+        index does not search, e.g. history items a recommender may re-offer."""
+        if item_id in self.exclude_item_ids:
+            return False
+        if self.exclude_product_ids and str(payload.get("product_id")) in self.exclude_product_ids:
+            return False
+        for attr, key in self.in_set_fields().items():
+            allowed = getattr(self, attr)
+            if allowed is not None and (payload.get(key) is None or str(payload.get(key)) not in allowed):
+                return False
+        stock = payload.get("in_stock")
+        if self.in_stock is not None and (stock is None or bool(stock) != self.in_stock):
+            return False
+        ranges = ((self.price_min, self.price_max, "price"), (self.created_from, self.created_to, "created_at"))
+        for lo, hi, key in ranges:
+            if lo is None and hi is None:
+                continue
+            value = payload.get(key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                return False
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                return False
+        return True
 
     # Field name in the payload for each in-set.
     @staticmethod

@@ -234,6 +234,14 @@ def test_filters_match_brute_force(loaded, catalog, case):
     assert {h.item_id for h in everything} == {e[0] for e in expected_all}
 
 
+@pytest.mark.parametrize("case", range(len(FILTER_CASES)))
+def test_filter_matches_held_points_as_the_backend_does(loaded, catalog, case):
+    """`Filter.matches` (for points a caller holds, e.g. history items re-offered) agrees with the index."""
+    flt, _ = FILTER_CASES[case]
+    everything = loaded.search(catalog[0].vectors["fused"], k=len(catalog), filter=flt, exact=True)
+    assert {p.item_id for p in catalog if flt.matches(p.item_id, p.payload)} == {h.item_id for h in everything}
+
+
 def test_search_groups_gives_one_slot_per_product(loaded, catalog):
     big = next(p for p in catalog if p.payload["product_id"] == "prod0")  # listed in 14 languages
     q = big.vectors["fused"]

@@ -459,20 +459,12 @@ class _Ranked:
 
 
 def _passes(flt: Filter | None, market: str | None, point: Point) -> bool:
-    """Whether a history item may be re-offered under a request's storefront and filter (its id, product,
-    market, language and category conditions; the index applies the filter to retrieved items)."""
+    """Whether a history item may be re-offered under a request's storefront and filter (the index applies
+    both to retrieved items; `Filter.matches` gives a held point the same semantics)."""
     payload = point.payload or {}
     if market is not None and not (flt and flt.markets) and payload.get("market") not in (None, market):
         return False
-    if flt is None:
-        return True
-    if point.item_id in flt.exclude_item_ids or str(payload.get("product_id")) in flt.exclude_product_ids:
-        return False
-    for name, key in (("markets", "market"), ("languages", "language"), ("categories", "category")):
-        allowed = getattr(flt, name)
-        if allowed and payload.get(key) not in allowed:
-            return False
-    return True
+    return flt is None or flt.matches(point.item_id, payload)
 
 
 def load_ranker(path: str | Path, catalog: Any, config: ServingConfig | None = None,
