@@ -15,7 +15,7 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from index import Filter
-from mmrec.serving.api.dependencies import Services, ServicesDep, TelemetryDep, make_filter
+from mmrec.serving.api.dependencies import Services, ServicesDep, TelemetryDep, query_filter
 from mmrec.serving.api.impressions import log_impressions, shown_impression
 from mmrec.serving.api.schemas import (
     ERRORS, NEGATIVE_RATING_BELOW, RecommendIn, RecommendOut, recommendation_out,
@@ -45,10 +45,7 @@ async def recommend(body: RecommendIn, services: ServicesDep, telemetry: Telemet
     History ids that are not in the catalog are left out and listed in `history_dropped` (item ids are
     not secret). A user without events, never seen or erased, gets the same empty answer either way: no
     user can be told to exist."""
-    if body.market is None:  # a market is checked against the store: off the event loop
-        flt = make_filter(services.markets, language=body.language, in_stock=body.in_stock)
-    else:
-        flt = await run_in_threadpool(make_filter, services.markets, body.market, body.language, None, body.in_stock)
+    flt = await query_filter(services, body.market, body.language, None, body.in_stock)  # off the loop if it reads
     request_id = new_request_id()
     variant = pick(services.variants, body.user_id if body.user_id is not None else request_id, services.experiment)
     call = RecommendCall(body, flt, variant, request_id)
