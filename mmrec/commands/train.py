@@ -207,39 +207,43 @@ def run(args: argparse.Namespace) -> int:
         distributed.shutdown()
 
 
-def _resolve_vectors(args: argparse.Namespace) -> None:
-    """--vectors / --text-fields default to text:use-m3 and the default recipe, or with --resume to what
-    the checkpoint was trained on (its vector space: a fine-tune never changes it)."""
-    if args.vectors is not None or not args.resume:
-        args.vectors = args.vectors or "text:use-m3"
-        return
+def _resumed_extra(args: argparse.Namespace) -> dict | None:
+    """The `extra` record of the --resume checkpoint (read once here; None without --resume)."""
+    if not args.resume:
+        return None
     from mmrec.model.checkpoint import load_checkpoint
 
     if not Path(args.resume).is_file():
         raise UserError(f"checkpoint {args.resume} does not exist")
-    extra = load_checkpoint(args.resume).extra
-    spec = str(extra.get("vectors_spec") or "text:use-m3")
+    return load_checkpoint(args.resume).extra
+
+
+def _resolve_vectors(args: argparse.Namespace, resumed: dict | None) -> None:
+    """--vectors / --text-fields default to text:use-m3 and the default recipe, or with --resume to what
+    the checkpoint was trained on (its vector space: a fine-tune never changes it)."""
+    if args.vectors is not None or resumed is None:
+        args.vectors = args.vectors or "text:use-m3"
+        return
+    spec = str(resumed.get("vectors_spec") or "text:use-m3")
     if spec.startswith("service"):
         if not args.data_dir:
             raise UserError(f"{args.resume} reads a service's stored vectors: give --data-dir DIR or "
                             f"--vectors service:DIR")
         spec = f"service:{args.data_dir}"
-    elif args.text_fields is None and extra.get("recipe"):
-        args.text_fields = ",".join(extra["recipe"])
+    elif args.text_fields is None and resumed.get("recipe"):
+        args.text_fields = ",".join(resumed["recipe"])
     args.vectors = spec
 
 
-def _seen_until(args: argparse.Namespace, split, train_end: int) -> int | None:
+def _seen_until(resumed: dict | None, split, train_end: int) -> int | None:
     """1 + the latest event time that shaped the weights: training events, validation targets (early
     stopping and the repeat weight are chosen on them) and, with --resume, what the resumed checkpoint saw
     (None: unknown). `mmrec evaluate --mmrec-checkpoint` refuses a checkpoint whose value is after its cut."""
     seen: list[int | None] = [int(train_end)]
     if split.valid is not None and len(split.valid):
         seen.append(int(split.valid.target_time.max()) + 1)
-    if args.resume:
-        from mmrec.model.checkpoint import load_checkpoint
-
-        prior = load_checkpoint(args.resume).extra.get("seen_until")
+    if resumed is not None:
+        prior = resumed.get("seen_until")
         seen.append(None if prior is None else int(prior))
     return None if None in seen else max(s for s in seen if s is not None)
 
@@ -283,7 +287,8 @@ def _train(args: argparse.Namespace, ctx) -> int:
 
     if args.events_since is not None and not args.resume:
         raise UserError("--events-since fine-tunes a checkpoint: give --resume CHECKPOINT")
-    _resolve_vectors(args)
+    resumed = _resumed_extra(args)
+    _resolve_vectors(args, resumed)
     items, events = _load_data(args)
     if args.text_fields and not args.vectors.startswith("text"):
         raise UserError("--text-fields applies to 'text:' vectors; a service data dir keeps its own recipe")
@@ -335,7 +340,7 @@ def _train(args: argparse.Namespace, ctx) -> int:
              "world_size": ctx.world, "split": args.split,
              # the last training event's time + 1: `mmrec evaluate --mmrec-checkpoint` refuses a later cut
              "train_end": split.params.get("train_end", int(split.train.timestamp.max()) + 1 if len(split.train) else 0)}
-    extra["seen_until"] = _seen_until(args, split, extra["train_end"])
+    extra["seen_until"] = _seen_until(resumed, split, extra["train_end"])
     if vectors.spec.startswith("text"):
         extra["recipe"] = list(parse_recipe(args.text_fields).fields)
     if args.events_since is not None:
