@@ -218,12 +218,10 @@ def _load(args: argparse.Namespace) -> Any:
 
 def _load_checkpoint(args: argparse.Namespace, vectors: np.ndarray, split: Any, products: np.ndarray):
     """A trained checkpoint over this split's items, refused when it may have seen the test period."""
-    from pathlib import Path as _Path
-
     from mmrec.model import FusionRecommender
     from mmrec.model.checkpoint import load_checkpoint
 
-    path = _Path(args.mmrec_checkpoint)
+    path = Path(args.mmrec_checkpoint)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     extra = load_checkpoint(path).extra
