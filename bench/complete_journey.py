@@ -60,7 +60,9 @@ def run_stage(name: str, cmd: list[str], env: dict[str, str], log: Path) -> dict
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
     out = {"wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-           "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "exit_code": proc.returncode, "command": " ".join(cmd)}
+           "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "exit_code": proc.returncode,
+           "loadavg_after": [round(x, 2) for x in os.getloadavg()],  # contention costs a time-boxed stage steps
+           "command": " ".join(cmd)}
     print(f"=== [{name}] done: {json.dumps({k: v for k, v in out.items() if k != 'command'})}", flush=True)
     with open(log.with_name("stages_so_far.jsonl"), "a") as fh:
         fh.write(json.dumps({name: out}) + "\n")
@@ -315,7 +317,11 @@ def main() -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    # merge: keys other tools added stay; a note about an earlier run's validity does not describe this one
+    merged = json.loads(out.read_text()) if out.exists() else {}
+    merged.pop("validity_note", None)
+    merged.update(result)
+    out.write_text(json.dumps(merged, indent=2) + "\n")
 
     print("\nstage            wall s    cpu s   peak RSS MB")
     for name, st in stages.items():

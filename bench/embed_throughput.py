@@ -1,31 +1,41 @@
-"""Embedding throughput: today's torch path vs ONNX Runtime (fp32, int8), side by side in one run, and the
-retrieval quality of the candidate default on held-out products.
+"""Embedding throughput: the default path (ONNX Runtime) vs today's torch path, side by side in one run, and
+the retrieval quality of the default next to its torch twin on held-out products.
 
-    .venv/bin/python bench/embed_throughput.py [--products 60] [--repeats 5] [--folds-used 2] [--skip-quality]
+    .venv/bin/python bench/embed_throughput.py [--products 60] [--repeats 5] [--crossmodal-folds 0]
+                                               [--skip-quality | --keep-quality] [--paths torch,default,onnx_fp32]
 
 Catalog: emoji-market, a product-like catalog where each product has ONE image and a title in 14 languages,
 i.e. 14 catalog items sharing one image. A subset of products (every k-th, all their items) keeps the run
 short; the items-per-image ratio is the catalog's.
 Paths (all at ONE thread, set once at start: torch.set_num_threads(1); ONNX sessions take their pool size
-from it when made; USE gets 1 too):
-  torch       text "default" (0.4*e5-small-tuned+0.6*use-m3), image efficientnet-lite0: today
-  onnx_fp32   0.4*e5-small-tuned:onnx+0.6*use-m3,      efficientnet-lite0:onnx
-  onnx_int8   0.4*e5-small-tuned:onnx-int8+0.6*use-m3, efficientnet-lite0:onnx-int8
-  candidate   0.4*e5-small-tuned:onnx-int8+0.6*use-m3, efficientnet-lite0:onnx  (int8 text, fp32 image)
-Each repeat runs every path once: torch and the candidate back to back (which one first alternates), then
-the others. The headline speedup is the median over repeats of the ratio within a repeat (two runs minutes
-apart see about the same load on the shared machine); each path's best repeat and every repeat are kept too.
+from it when they are made and no call changes it; USE gets 1 too):
+  torch       e5-use-aligned:torch + efficientnet-lite0: the default text space with its tuned e5 in torch,
+              EfficientNet-Lite0 in torch (the default before this change)
+  default     "default" + "default": e5-use-aligned (its tuned e5 by ONNX Runtime, dynamic int8) +
+              efficientnet-lite0:onnx (fp32)
+  onnx_fp32   e5-use-aligned:onnx + efficientnet-lite0:onnx (all fp32: torch's vectors, for reference)
+  onnx_int8   e5-use-aligned:onnx-int8 + efficientnet-lite0:onnx-int8 (only with --paths; int8 images are far
+              from fp32's and not faster here)
+Each repeat runs every path once: torch and the default back to back (which one first alternates), then the
+others. The headline speedup is the median over repeats of the ratio within a repeat (two runs minutes apart
+see about the same load on the shared machine); each path's best repeat and every repeat are kept too.
   text     the items' recipe texts through the text encoder, 64 per call (the BatchEmbedder batch)
   image    each distinct image once through encode_full (decode + preprocess + model)
   catalog  ItemEncoder.embed over all items: the `mmrec embed` path with no vector cache and a cold image
            cache (text + each distinct image once + adapter + bridge + fusion); items/s per catalog item.
-"speedup_default_vs_torch" = catalog items/s of the candidate over torch's, same run, same threads.
-Quality (same splits as the retrieval benchmarks):
-  fidelity      cosine of each ONNX path's vectors to torch's on the subset (text, image features, descriptors)
+"speedup_default_vs_torch" = catalog items/s of the default over torch's, same run, same threads.
+"length_sorting": the default's ONNX e5 on the same texts with and without sorting by token length.
+Quality (same splits as the retrieval benchmarks; the default vs its torch twin):
+  fidelity      cosine of each ONNX path's vectors to torch's on the subset (text, its e5 part, image
+                features, descriptors; ImageNet top-1 agreement); "batch_dependence": a text alone vs in
+                the catalog's calls (dynamic int8 scales activations per call: not bit-reproducible)
   crosslingual  bench/encoders_text.py's protocol (all 479 products, the 90 held out from text tuning as
-                queries, 182 language pairs) per path, with a paired bootstrap over query products
-  crossmodal    bench/encoders_crossmodal.py's held-out-products protocol (seeded 5-fold split, adapter trained
-                on the other folds) on the first --folds-used folds only, to keep the run short
+                queries, 182 language pairs), paired bootstrap over the query products
+  languages     bench/encoders_languages.py's X -> en protocol (CLDR names of the held-out products in every
+                language e5 is measured in; the stand-in is used where USE cannot read), paired bootstrap over
+                the query products
+  crossmodal    bench/encoders_crossmodal.py's torch-twin comparison (5 folds, paired over products) read from
+                bench/results/encoders.json; or, with --crossmodal-folds N, measured here on N folds
 Writes bench/results/embed_throughput.json.
 """
 from __future__ import annotations
@@ -46,14 +56,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = ROOT / "bench" / "results" / "embed_throughput.json"
-TUNED = "e5-small-tuned"
+ENCODERS_JSON = ROOT / "bench" / "results" / "encoders.json"
 PATHS: dict[str, tuple[str, str]] = {
-    "torch": ("default", "efficientnet-lite0"),
-    "onnx_fp32": (f"0.4*{TUNED}:onnx+0.6*use-m3", "efficientnet-lite0:onnx"),
-    "onnx_int8": (f"0.4*{TUNED}:onnx-int8+0.6*use-m3", "efficientnet-lite0:onnx-int8"),
-    "candidate": (f"0.4*{TUNED}:onnx-int8+0.6*use-m3", "efficientnet-lite0:onnx"),
+    "torch": ("e5-use-aligned:torch", "efficientnet-lite0"),
+    "default": ("default", "default"),
+    "onnx_fp32": ("e5-use-aligned:onnx", "efficientnet-lite0:onnx"),
+    "onnx_int8": ("e5-use-aligned:onnx-int8", "efficientnet-lite0:onnx-int8"),
 }
-CANDIDATE = "candidate"
+DEFAULT_PATHS = ("torch", "default", "onnx_fp32")
+CANDIDATE = "default"
 TEXT_BATCH = 64
 
 
@@ -87,7 +98,9 @@ def load_paths(names: list[str]) -> dict:
         start = time.perf_counter()
         enc = load_item_encoder(EncoderConfig(text_encoder=text, image_encoder=image), cache_dir=False,
                                 batch_size=TEXT_BATCH, progress=False)
-        out[name] = {"encoder": enc, "load_seconds": round(time.perf_counter() - start, 1)}
+        out[name] = {"encoder": enc, "load_seconds": round(time.perf_counter() - start, 1),
+                     "text_model": getattr(enc.text_encoder, "version", enc.text_encoder.name),
+                     "image_model": getattr(enc.image_encoder, "version", enc.image_encoder.name)}
         print(f"loaded {name}: {enc.text_encoder.name} | {enc.image_encoder.name} ({out[name]['load_seconds']} s)",
               flush=True)
     return out
@@ -123,8 +136,8 @@ def throughput(paths: dict, items: list[dict], repeats: int) -> dict:
     counts = {"text": len(texts), "image": len(images), "catalog": len(items)}
     out = {}
     for name in names:
-        row = {"text_encoder": paths[name]["encoder"].text_encoder.name,
-               "image_encoder": paths[name]["encoder"].image_encoder.name, "load_seconds": paths[name]["load_seconds"]}
+        row = {"text_encoder": PATHS[name][0], "image_encoder": paths[name]["encoder"].image_encoder.name,
+               "text_model": paths[name]["text_model"], "load_seconds": paths[name]["load_seconds"]}
         for what, secs in runs[name].items():
             row[f"{what}_per_s"] = round(counts[what] / min(secs), 1)
             row[f"{what}_per_s_each_repeat"] = [round(counts[what] / s, 1) for s in secs]
@@ -141,6 +154,31 @@ def throughput(paths: dict, items: list[dict], repeats: int) -> dict:
             out[name]["speedup_vs_torch_each_repeat"] = [round(r, 2) for r in each]
             out[name]["speedup_vs_torch_catalog_median_of_repeats"] = round(float(np.median(each)), 2)
     return {"paths": out, "counts": counts, "images_per_item": round(counts["image"] / counts["catalog"], 4)}
+
+
+def length_sorting(paths: dict, items: list[dict], repeats: int) -> dict:
+    """The default's ONNX e5 part on the catalog's texts, 64 per call, with and without sorting each call's
+    texts by token length (the session is shared; only the order changes)."""
+    enc = paths[CANDIDATE]["encoder"].text_encoder
+    e5 = enc.parts[0][1] if hasattr(enc, "parts") else enc
+    if not hasattr(e5, "sort_by_length"):
+        return {"skipped": f"{e5.name} is not an ONNX text encoder"}
+    texts = [t for t, _ in paths[CANDIDATE]["encoder"].inputs(items)]
+    rng = np.random.default_rng(0)
+    texts = [texts[i] for i in rng.permutation(len(texts))]  # a catalog's order: lengths mixed
+    secs: dict[str, list[float]] = {"sorted": [], "unsorted": []}
+    try:
+        for _ in range(repeats):
+            for mode in ("sorted", "unsorted"):
+                e5.sort_by_length = mode == "sorted"
+                secs[mode].append(_seconds(lambda: [e5.encode(texts[s:s + TEXT_BATCH])
+                                                    for s in range(0, len(texts), TEXT_BATCH)]))
+    finally:
+        e5.sort_by_length = True
+    rate = {m: round(len(texts) / min(v), 1) for m, v in secs.items()}
+    return {"encoder": e5.name, "texts": len(texts), "call_size": TEXT_BATCH, "session_batch": e5.batch_size,
+            "texts_per_s": rate, "speedup": round(rate["sorted"] / rate["unsorted"], 2),
+            "how": "texts shuffled; best of the repeats per mode"}
 
 
 # --------------------------------------------------------------------------------------------- quality
@@ -172,34 +210,26 @@ def fidelity(paths: dict, items: list[dict]) -> dict:
     return out
 
 
-def per_query_hits(vecs: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """(L, L, Q) hit@k of each query product per ordered language pair; the same ranking as
-    encoders_text.recall_matrix (the diagonal is NaN)."""
-    L = vecs.shape[1]
-    hits = np.full((L, L, len(queries)), np.nan)
-    for a in range(L):
-        for b in range(L):
-            if a != b:
-                sims = vecs[queries, a] @ vecs[:, b].T
-                rank = (sims > sims[np.arange(len(queries)), queries][:, None]).sum(1)
-                hits[a, b] = rank < k
-    return hits
-
-
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -> dict:
-    """a, b: (Q,) per-query scores of two systems on the same queries: mean difference b - a, its 95% interval
-    from resampling queries, and the standard error."""
-    rng = np.random.default_rng(seed)
-    diff = b - a
-    boots = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(n)])
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return {"delta": round(float(diff.mean()), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
-            "se": round(float(boots.std()), 4), "within_noise": bool(lo <= 0 <= hi or abs(diff.mean()) < boots.std())}
+def batch_dependence(paths: dict, items: list[dict], n: int = 120) -> dict:
+    """Cosine between a text's vector embedded alone and embedded in the catalog's calls of 64 (what changes
+    with the batch). Dynamic int8 quantises activations with one scale per session call, so an int8 vector
+    depends a little on its batch neighbours; fp32 (torch, ONNX) does not."""
+    texts = [t for t, _ in paths[CANDIDATE]["encoder"].inputs(items)]
+    out = {}
+    for name, p in paths.items():
+        enc = p["encoder"].text_encoder
+        batched = np.concatenate([enc.encode(texts[s:s + TEXT_BATCH]) for s in range(0, len(texts), TEXT_BATCH)])
+        pick = np.linspace(0, len(texts) - 1, n).astype(int)
+        alone = np.stack([enc.encode([texts[i]])[0] for i in pick])
+        c = (alone * batched[pick]).sum(1)
+        out[name] = {"min": round(float(c.min()), 5), "mean": round(float(c.mean()), 5)}
+    out["_meta"] = {"texts": n, "how": "each text alone vs within the calls of 64 the catalog path makes"}
+    return out
 
 
 def crosslingual(paths: dict) -> dict:
     """bench/encoders_text.py's protocol per path (text encoders only), paired against torch."""
-    from encoders_text import LANGS, parallel_titles, recall_matrix, summarise
+    from encoders_text import LANGS, paired_bootstrap, parallel_titles, per_query_hits, recall_matrix, summarise
 
     from mmrec.embedding.text_model import held_out_from_tuning
 
@@ -208,11 +238,9 @@ def crosslingual(paths: dict) -> dict:
     flat = [t for row in titles for t in row]
     out, per_query = {}, {}
     for name, p in paths.items():
-        if name == "onnx_int8" and "candidate" in paths:  # the same text encoder as the candidate
-            continue
         start = time.perf_counter()
         vecs = p["encoder"].text_encoder.encode(flat).reshape(len(pids), len(LANGS), -1)
-        out[name] = {**summarise(recall_matrix(vecs, held)), "text_encoder": p["encoder"].text_encoder.name,
+        out[name] = {**summarise(recall_matrix(vecs, held)), "text_encoder": PATHS[name][0],
                      "seconds": round(time.perf_counter() - start, 1)}
         per_query[name] = {k: np.nanmean(per_query_hits(vecs, held, k), axis=(0, 1)) for k in (1, 10)}
     for name in out:
@@ -223,6 +251,72 @@ def crosslingual(paths: dict) -> dict:
                     "protocol": "bench/encoders_text.py: queries held out from text tuning, gallery all products; "
                                 "paired bootstrap over the query products (2000 resamples)"}
     return out
+
+
+def languages(paths: dict) -> dict:
+    """bench/encoders_languages.py's X -> en protocol per path (parts disk-cached as that bench does), paired
+    against torch over the query products (each product's hit rate over the languages it is named in)."""
+    from encoders_languages import DiskCached, _r1, embed_table, name_table
+
+    from encoders.cache import EmbeddingCache
+    from encoders.text import ConcatEncoder
+    from encoders_text import paired_bootstrap
+    from mmrec.paths import cache_dir
+
+    table = name_table()
+    held = table.index(0)
+    langs = tuple(lang for lang in (*table.catalog, *table.outside) if lang != "en")
+    cache = EmbeddingCache(cache_dir("embeddings") / "bench-text.sqlite")
+    out, per_product = {}, {}
+    sub = type(table)(table.pids, {lang: [n if (i in set(held) or lang == "en") else None
+                                          for i, n in enumerate(table.names[lang])] for lang in ("en", *langs)},
+                      table.catalog, table.outside)
+    for name, p in paths.items():
+        if name == "onnx_int8":
+            continue
+        enc = p["encoder"].text_encoder
+        if isinstance(enc, ConcatEncoder):  # parts cached on disk by version, as encoders_languages.py does
+            enc = ConcatEncoder([(w, DiskCached(e, cache)) for w, e in enc.parts], stand_ins=enc.stand_ins,
+                                directions=enc.directions)
+        start = time.perf_counter()
+        vecs = embed_table(enc, sub, ("en", *langs))
+        hits = np.full((len(held), len(langs)), np.nan)
+        r1 = {}
+        for j, lang in enumerate(langs):
+            rows = np.array([k for k, i in enumerate(held) if table.names[lang][i] is not None])
+            h = _r1(vecs[lang][held[rows]], vecs["en"], held[rows])
+            hits[rows, j] = h
+            r1[lang] = round(float(h.mean()), 4)
+        per_product[name] = np.nanmean(hits, axis=1)
+        out[name] = {"mean_r1_to_en_outside": round(float(np.mean([r1[x] for x in table.outside])), 4),
+                     "mean_r1_to_en_catalog13": round(float(np.mean([r1[x] for x in langs if x in table.catalog])), 4),
+                     "r1_to_en": r1, "text_encoder": PATHS[name][0], "seconds": round(time.perf_counter() - start, 1)}
+    for name in out:
+        if name != "torch":
+            out[name]["vs_torch_r1_to_en"] = paired_bootstrap(per_product["torch"], per_product[name])
+            out[name]["languages_worse_than_torch_by_over_0.05"] = sorted(
+                lang for lang in langs if out[name]["r1_to_en"][lang] < out["torch"]["r1_to_en"][lang] - 0.05)
+    out["_meta"] = {"languages_outside": len(table.outside), "catalog_languages": len(table.catalog) - 1,
+                    "held_out_query_products": len(held), "gallery": f"all {len(table.pids)} English titles",
+                    "protocol": "bench/encoders_languages.py's X -> en R@1; paired bootstrap over query products "
+                                "(each: mean hit over the languages naming it; 2000 resamples)"}
+    return out
+
+
+def crossmodal_from_encoders_json() -> dict | None:
+    """The torch-twin comparison bench/encoders_crossmodal.py wrote (5 folds, paired over products)."""
+    if not ENCODERS_JSON.exists():
+        return None
+    data = json.loads(ENCODERS_JSON.read_text())
+    if "crossmodal_vs_torch_twin" not in data:
+        return None
+    cmp = data["crossmodal_vs_torch_twin"]
+    default = data.get("crossmodal", {}).get("default", {})
+    return {"from": "bench/results/encoders.json (bench/encoders_crossmodal.py)", "torch_twin": cmp.get("torch_twin"),
+            "default_encoders": f"{data.get('crossmodal_setup', {}).get('text_encoder')} | "
+                                f"{data.get('crossmodal_setup', {}).get('image_encoder')}",
+            "paired": cmp["paired"], "within_noise": cmp["within_noise"],
+            "default_t2i_r10_mean": default.get("t2i_r10_mean"), "how": cmp.get("how")}
 
 
 def crossmodal(paths: dict, folds_used: int) -> dict:
@@ -279,12 +373,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--products", type=int, default=60, help="emoji-market products (x14 items each)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--folds-used", type=int, default=2, help="crossmodal folds of 5 to evaluate")
+    parser.add_argument("--paths", default=",".join(DEFAULT_PATHS), help=f"of {', '.join(PATHS)}")
+    parser.add_argument("--crossmodal-folds", type=int, default=0,
+                        help="measure crossmodal here on this many of the 5 folds (0: read bench/encoders_crossmodal.py's "
+                             "torch-twin comparison from bench/results/encoders.json)")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--keep-quality", action="store_true",
                         help="skip the quality part and keep the quality keys of the existing --out file")
+    parser.add_argument("--only-batch-dependence", action="store_true",
+                        help="measure only fidelity.batch_dependence and merge it into the existing --out file")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
+    names = [n.strip() for n in args.paths.split(",") if n.strip()]
+    if not {"torch", CANDIDATE} <= set(names) or set(names) - set(PATHS):
+        parser.error(f"--paths needs torch and {CANDIDATE}, from {', '.join(PATHS)}")
 
     import torch
     from threadpoolctl import threadpool_limits
@@ -297,58 +399,83 @@ def main(argv: list[str] | None = None) -> int:
     items, n_products, n_all = catalog_subset(args.products)
     print(f"catalog: {len(items)} emoji-market items = {n_products} of {n_all} products x their languages, "
           f"one shared image per product", flush=True)
-    paths = load_paths(list(PATHS))
+    paths = load_paths(names)
     for p in paths.values():
-        p["encoder"].text_encoder.set_threads(1)  # USE keeps its own pool
+        p["encoder"].text_encoder.set_threads(1)  # USE keeps its own pool; ONNX: no new session (already 1)
+    if args.only_batch_dependence:
+        data = json.loads(Path(args.out).read_text())
+        data.setdefault("fidelity", {})["batch_dependence"] = batch_dependence(paths, items)
+        data["fidelity"]["batch_dependence"]["_meta"]["run_at"] = time.strftime("%Y-%m-%d %H:%M")
+        Path(args.out).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        print(json.dumps(data["fidelity"]["batch_dependence"], indent=1))
+        return 0
     tp = throughput(paths, items, args.repeats)
     result: dict = {
         "speedup_default_vs_torch": tp["paths"][CANDIDATE]["speedup_vs_torch_catalog_median_of_repeats"],
         "speedup_default_vs_torch_best_of_repeats": tp["paths"][CANDIDATE]["speedup_vs_torch"]["catalog"],
-        "speedup_how": "catalog items/s, candidate over torch: median over repeats of the ratio of the two runs "
+        "speedup_how": "catalog items/s, default over torch: median over repeats of the ratio of the two runs "
                        "made back to back in that repeat (headline); also the ratio of each path's best repeat",
         "default_candidate": {"path": CANDIDATE, "text_encoder": PATHS[CANDIDATE][0],
-                              "image_encoder": PATHS[CANDIDATE][1]},
+                              "image_encoder": PATHS[CANDIDATE][1],
+                              "resolves_to": {"text": paths[CANDIDATE]["text_model"],
+                                              "image": paths[CANDIDATE]["image_model"]},
+                              "torch_twin": {"text": PATHS["torch"][0], "image": PATHS["torch"][1]}},
         "throughput": tp,
+        "length_sorting": length_sorting(paths, items, max(2, args.repeats // 2)),
         "catalog": {"name": "emoji-market (subset)", "items": len(items), "products": n_products,
                     "products_in_catalog": n_all, "images": tp["counts"]["image"],
                     "shape": "each product: one image, a title in 14 languages = 14 items sharing the image"},
     }
+    print(f"length sorting: {result['length_sorting']}", flush=True)
     kept = json.loads(Path(args.out).read_text()) if args.keep_quality and Path(args.out).exists() else {}
-    for key in ("fidelity", "crosslingual", "crossmodal", "default_within_noise"):
+    for key in ("fidelity", "crosslingual", "languages", "crossmodal", "default_within_noise", "quality_run_at"):
         if key in kept:
             result[key] = kept[key]
     if kept:
-        result["quality_from"] = f"an earlier run (setup: {kept.get('setup', {}).get('run_at', '?')}): timings do not affect it"
+        result["quality_from"] = (f"an earlier run ({kept.get('quality_run_at', kept.get('setup', {}).get('run_at', '?'))}):"
+                                  f" timings do not affect it")
     if not (args.skip_quality or args.keep_quality):
         result["fidelity"] = fidelity(paths, items)
+        result["fidelity"]["batch_dependence"] = batch_dependence(paths, items)
         print(json.dumps(result["fidelity"], indent=1), flush=True)
         result["crosslingual"] = crosslingual(paths)
         print(json.dumps({k: {m: v.get(m) for m in ("mean_r1", "mean_r10", "vs_torch_mean_r1")}
                           for k, v in result["crosslingual"].items() if not k.startswith("_")}, indent=1), flush=True)
-        result["crossmodal"] = crossmodal(paths, args.folds_used)
+        result["languages"] = languages(paths)
+        print(json.dumps({k: {m: v.get(m) for m in ("mean_r1_to_en_outside", "mean_r1_to_en_catalog13",
+                                                   "vs_torch_r1_to_en")}
+                          for k, v in result["languages"].items() if not k.startswith("_")}, indent=1), flush=True)
+        if args.crossmodal_folds:
+            result["crossmodal"] = crossmodal(paths, args.crossmodal_folds)
+            cm_ok = result["crossmodal"][CANDIDATE]["within_noise"]
+        else:
+            result["crossmodal"] = crossmodal_from_encoders_json() or {"missing": "run bench/encoders_crossmodal.py"}
+            cm_ok = result["crossmodal"].get("within_noise")
         print(json.dumps(result["crossmodal"], indent=1), flush=True)
-        cand_text = result["crosslingual"][CANDIDATE]
+        cand_text, cand_lang = result["crosslingual"][CANDIDATE], result["languages"][CANDIDATE]
         result["default_within_noise"] = bool(cand_text["vs_torch_mean_r1"]["within_noise"]
                                               and cand_text["vs_torch_mean_r10"]["within_noise"]
-                                              and result["crossmodal"][CANDIDATE]["within_noise"])
+                                              and cand_lang["vs_torch_r1_to_en"]["within_noise"] and cm_ok)
+        result["quality_run_at"] = time.strftime("%Y-%m-%d %H:%M")
     result["setup"] = {
         "threads": 1, "threads_how": "torch.set_num_threads(1) and numpy BLAS 1 (threadpoolctl) once; ONNX sessions "
-                                     "sized from torch's count; USE 1",
+                                     "sized from torch's count when made (never per call); USE 1",
         "pipeline": "every path runs the same ItemEncoder/MultimodalEncoder code (each distinct image file "
                     "decoded once per call, each distinct picture encoded once); only the encoders differ",
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, SHARED with other "
                    f"engineers' jobs while this ran (load average at start {load_before[0]:.1f}, "
                    f"at end {os.getloadavg()[0]:.1f}): absolute rates are low and noisy, ratios are the point",
+        "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "repeats": args.repeats, "run_at": time.strftime("%Y-%m-%d %H:%M"),
-        "order": "each repeat: torch and the candidate back to back (alternating which is first), then the rest",
+        "order": "each repeat: torch and the default back to back (alternating which is first), then the rest",
         "text_batch": TEXT_BATCH, "seconds_total": round(time.time() - started, 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    print_table(result)
+    print_table(result, args.out)
     return 0
 
 
-def print_table(result: dict) -> None:
+def print_table(result: dict, out: str | Path = RESULTS) -> None:
     tp = result["throughput"]
     c = tp["counts"]
     print(f"\n{c['catalog']} items, {c['image']} distinct images ({tp['images_per_item']:.3f} images per item), 1 thread")
@@ -362,8 +489,8 @@ def print_table(result: dict) -> None:
     print(f"speedup_default_vs_torch = {result['speedup_default_vs_torch']:.2f} (median of paired repeats; "
           f"best-of-repeats ratio {result['speedup_default_vs_torch_best_of_repeats']:.2f}; bar >= 3)")
     if "default_within_noise" in result:
-        print(f"candidate retrieval within noise of torch: {result['default_within_noise']}")
-    print(f"wrote {RESULTS}")
+        print(f"default retrieval within noise of its torch twin: {result['default_within_noise']}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,14 @@ TITLES (never the images) of the ~80% of products outside `held_out_from_tuning`
 are drawn independently of that split.
 Zero-shot: Fashion-MNIST test images (real product photos, Debian `dataset-fashion-mnist`) classified by
 the nearest class name, names written in 14 languages, with the default adapter trained on emoji-market.
-Writes keys "crossmodal", "crossmodal_default", "crossmodal_baseline", "zeroshot" into
-bench/results/encoders.json (other keys are kept) and prints tables.
+Torch twin (default on; --no-torch-twin skips it): the default encoders run by ONNX Runtime (text: the tuned e5
+in int8; image: EfficientNet-Lite0 in fp32) are measured next to their torch twin (`default:torch` +
+`efficientnet-lite0`) on the SAME product folds, with a paired bootstrap over the held-out products
+("crossmodal_vs_torch_twin"). The image view features are cached by the weights they come from, so both read
+the same features (ONNX fp32 reproduces torch's to ~1e-6: bench/embed_throughput.py "fidelity").
+Writes keys "crossmodal", "crossmodal_default", "crossmodal_baseline", "crossmodal_setup", "zeroshot",
+"crossmodal_torch_twin", "crossmodal_vs_torch_twin" into bench/results/encoders.json (other keys are kept) and
+prints tables.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from encoders.adapter import AdapterConfig  # noqa: E402
@@ -128,6 +135,19 @@ def retrieval(img: np.ndarray, text: np.ndarray, test: np.ndarray, gallery: np.n
     return out
 
 
+def query_hits(img: np.ndarray, text: np.ndarray, test: np.ndarray) -> dict[str, np.ndarray]:
+    """Per held-out product and language (len(test), L): hit of text->image and image->text at 1 and 10 among
+    the test products (what `retrieval` averages), for paired comparisons."""
+    out = {m: np.zeros((len(test), len(LANGS))) for m in ("t2i_r1", "t2i_r10", "i2t_r1", "i2t_r10")}
+    for li in range(len(LANGS)):
+        q = text[test, li]
+        r_t2i = ranks(q @ img[test].T, np.arange(len(test)))
+        r_i2t = ranks(img[test] @ q.T, np.arange(len(test)))
+        out["t2i_r1"][:, li], out["t2i_r10"][:, li] = r_t2i < 1, r_t2i < 10
+        out["i2t_r1"][:, li], out["i2t_r10"][:, li] = r_i2t < 1, r_i2t < 10
+    return out
+
+
 def average(per_fold: list[dict]) -> dict:
     """Mean over folds (weighted by fold size) of per-language metrics, plus means over languages."""
     weights = np.array([f["n"] for f in per_fold], dtype=float)
@@ -149,9 +169,10 @@ def method_vectors(adapter, feats, descs, bridge_vecs, fusion: ModalityMix) -> d
 
 
 def crossval(folds, views, title_vecs, bridge_vecs, text_name, config, fusion, *, all_images: bool, desc: str,
-             untuned: np.ndarray | None = None):
+             untuned: np.ndarray | None = None, hits: dict | None = None):
     """untuned: a mask of products whose titles the text encoder was never tuned on; text->image is also
-    measured with only those as queries (same gallery), to show what tuning on the others' titles adds."""
+    measured with only those as queries (same gallery), to show what tuning on the others' titles adds.
+    hits: if given, filled with the default mix's per-(product, language) hits ({metric: (P, L)}, `query_hits`)."""
     from tqdm.auto import tqdm
 
     n_products, n_langs, dim = title_vecs.shape
@@ -172,6 +193,9 @@ def crossval(folds, views, title_vecs, bridge_vecs, text_name, config, fusion, *
                                 descriptors=descs[train], descriptor_product=train, progress=False)
         seconds.append(time.time() - started)
         for name, vecs in method_vectors(adapter, feats, descs, bridge_vecs, fusion).items():
+            if hits is not None and name == "default":
+                for metric, h in query_hits(vecs, title_vecs, test).items():
+                    hits.setdefault(metric, np.full((n_products, n_langs), np.nan))[test] = h
             entry = results.setdefault(name, {"held_out": [], "all_images": []})
             entry["held_out"].append({"n": len(test), "r": retrieval(vecs, title_vecs, test)})
             if all_images:
@@ -229,7 +253,9 @@ def zeroshot(text_encoder, image_encoder, adapter, fusion: ModalityMix, bridge: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--text-encoder", default="default")
-    parser.add_argument("--image-encoder", default="efficientnet-lite0")
+    parser.add_argument("--image-encoder", default="default", help="image encoder spec [default: efficientnet-lite0:onnx]")
+    parser.add_argument("--no-torch-twin", dest="torch_twin", action="store_false",
+                        help="skip the torch twin of the default encoders (see the module docstring)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--zeroshot-images", type=int, default=500, help="Fashion-MNIST test images (0 = skip)")
@@ -267,9 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     bridge_vecs = bridge.transform(views["probs"][clean_rows])
 
     untuned = np.array([held_out_from_tuning(p.key) for p in products])
+    default_hits: dict = {}
     prod, train_s, fold_n = crossval(product_folds(len(products), args.folds, args.seed), views, title_vecs,
                                      bridge_vecs, text_encoder.name, config, fusion, all_images=True,
-                                     desc="held-out products", untuned=untuned)
+                                     desc="held-out products", untuned=untuned, hits=default_hits)
     types, _, type_n = crossval(type_folds(category, args.folds, args.seed), views, title_vecs, bridge_vecs,
                                 text_encoder.name, config, fusion, all_images=False, desc="held-out types")
 
@@ -298,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
              "seconds": {"image_features": round(image_seconds, 1), "titles": round(text_seconds, 1),
                          "adapter_train_per_fold": round(train_s, 1)}}
 
+    twin = None
+    if args.torch_twin:
+        twin = torch_twin(args, products, titles, config, fusion, default_hits)
+
     zs = None
     if args.zeroshot_images:
         adapter = default_adapter(text_encoder, image_encoder)
@@ -311,10 +342,63 @@ def main(argv: list[str] | None = None) -> int:
     results["crossmodal_setup"] = setup
     if zs is not None:
         results["zeroshot"] = zs
+    if twin is not None:
+        results["crossmodal_torch_twin"], results["crossmodal_vs_torch_twin"] = twin
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2, ensure_ascii=False))
     print_tables(crossmodal, setup, zs)
+    if twin is not None:
+        print(f"\ndefault encoders ({setup['text_encoder']} | {setup['image_encoder']}) - torch twin "
+              f"({twin[1]['torch_twin']}), default mix, held-out products, paired bootstrap over products:")
+        for metric, r in twin[1]["paired"].items():
+            print(f"  {metric:8s} {r['default']:.4f} vs {r['torch_twin']:.4f}  delta {r['delta']:+.4f} {r['ci95']} "
+                  f"(metric SE {r['metric_se']:.4f}; adapter seed alone {r['adapter_seed_delta']:+.4f})"
+                  f"{'  within noise' if r['within_noise'] else '  OUTSIDE noise'}")
     return 0
+
+
+def torch_twin(args, products, titles, config, fusion, default_hits: dict) -> tuple[dict, dict]:
+    """The held-out-products cross-validation again with the torch twin of the encoders (same folds, same
+    cached view features), and the paired comparison of the default mix (default - twin) per product."""
+    from encoders_text import paired_bootstrap
+
+    from mmrec.embedding.text_model import load_text_encoder
+    from mmrec.paths import cache_dir
+
+    twin_text_spec = f"{args.text_encoder}:torch" if args.text_encoder.lower() == "default" else args.text_encoder
+    text, image = load_text_encoder(twin_text_spec), load_image_encoder("efficientnet-lite0")
+    started = time.time()
+    views = catalog_image_features(products, image, augment_views=config.augment_views, seed=config.seed,
+                                   cache_dir=cache_dir("adapters", "views"))
+    title_vecs = text.encode(list(titles.reshape(-1)), kind="query").reshape(len(products), len(LANGS), -1)
+    bridge_vecs = ClassNameBridge(text, image.class_names()).transform(views["probs"][np.flatnonzero(views["is_original"])])
+    folds = product_folds(len(products), args.folds, args.seed)
+    hits: dict = {}
+    res, _, _ = crossval(folds, views, title_vecs, bridge_vecs, text.name, config, fusion, all_images=True,
+                         desc="torch twin", hits=hits)
+    # the noise floor: the same torch twin with only the adapter's seed changed (same folds, views, titles)
+    seed_hits: dict = {}
+    crossval(folds, views, title_vecs, bridge_vecs, text.name, replace(config, seed=config.seed + 1), fusion,
+             all_images=False, desc="torch twin, adapter seed +1", hits=seed_hits)
+    table = {name: {"t2i_r1_mean": r["held_out"]["t2i_r1_mean"], "t2i_r10_mean": r["held_out"]["t2i_r10_mean"],
+                    "i2t_r1": r["held_out"]["i2t_r1_mean"], "i2t_r10": r["held_out"]["i2t_r10_mean"],
+                    "all_images": {k: v for k, v in r["all_images"].items() if k.startswith("t2i_")}}
+             for name, r in res.items()}
+    paired = {}
+    for metric in ("t2i_r1", "t2i_r10", "i2t_r1", "i2t_r10"):
+        a, b = np.nanmean(hits[metric], axis=1), np.nanmean(default_hits[metric], axis=1)  # per product
+        c = np.nanmean(seed_hits[metric], axis=1)
+        paired[metric] = {"default": round(float(b.mean()), 4), "torch_twin": round(float(a.mean()), 4),
+                          **paired_bootstrap(a, b), "adapter_seed_delta": paired_bootstrap(a, c)["delta"]}
+    comparison = {"torch_twin": f"{text.name} ({getattr(text, 'version', '')}) | {image.name}",
+                  "paired": paired, "within_noise": all(r["within_noise"] for r in paired.values()),
+                  "how": f"default mix, the same {args.folds} product folds; per held-out product the mean over 14 languages "
+                         "of each hit; delta = default - torch twin with a 95% interval from 2000 bootstrap "
+                         "resamples of the products (paired: it detects shifts far below the metric's noise); "
+                         "metric_se = the metric's standard error over the products; adapter_seed_delta = the torch "
+                         "twin with only the adapter's seed changed (what retraining alone moves); within noise = "
+                         "the interval holds 0 or |delta| <= metric_se", "seconds": round(time.time() - started, 1)}
+    return table, comparison
 
 
 def print_tables(crossmodal: dict, setup: dict, zs: dict | None) -> None:

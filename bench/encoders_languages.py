@@ -13,7 +13,9 @@ language reach the default's tuning, its stand-in or its language directions), f
              unfiltered /search sees: 8,143 texts); top-1 = the product's own English title outranks every
              entry of every other product (its own names in other languages are left out of the count);
              queries in the 16. "on the 14": the same with emoji-market's 14 title languages (queries: the 13
-             other than English).
+             other than English). "/search" (`mixed_gallery_top1_search`): the same galleries ranked as an
+             unfiltered /search ranks them: the 200 best entries re-scored per language
+             (mmrec/serving/language_rank.py; its `top` and `strength` chosen on hash fold 1, not this fold 0).
 Embeddings are cached on disk by encoder version and text ($MMREC_CACHE/embeddings/bench-text.sqlite), so a
 rerun only embeds what changed.
 
@@ -160,20 +162,37 @@ def _r1(q: np.ndarray, gallery: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return own > sims.max(1)
 
 
+def _language_fair(sims: np.ndarray, languages: np.ndarray) -> np.ndarray:
+    """/search's ranking of a mixed gallery (mmrec/serving/language_rank.py, its default config): per query,
+    the `pool` best entries re-scored by `language_fair_scores`, the rest out of reach."""
+    from mmrec.serving.language_rank import LanguageRankConfig, language_fair_scores
+
+    cfg = LanguageRankConfig()
+    pool = min(max(cfg.pool, 4 * 10), sims.shape[1])  # /search asks max(pool, 4k) listings; k = 10
+    out = np.full_like(sims, -np.inf)
+    for r in range(len(sims)):
+        top = np.argpartition(-sims[r], pool - 1)[:pool]
+        top = top[np.isfinite(sims[r, top])]
+        out[r, top] = language_fair_scores(sims[r, top], languages[top], cfg.top, cfg.strength)
+    return out
+
+
 def _mixed_top1(vecs: dict[str, np.ndarray], q_lang: str, q_idx: np.ndarray,
-                gal_langs: tuple[str, ...]) -> tuple[float, float]:
+                gal_langs: tuple[str, ...], search: bool = False) -> tuple[float, float]:
     """(share of queries whose own English title outranks every gallery entry of every other product, share
     whose own product comes first in any language: the query text itself left out, as /search groups by
-    product)."""
+    product). search: ranked as /search ranks (`_language_fair`) instead of by plain similarity."""
     P = len(vecs["en"])
     gallery = np.concatenate([vecs[g] for g in gal_langs])              # row = language block * P + product
     owner = np.tile(np.arange(P), len(gal_langs))
     sims = np.nan_to_num(vecs[q_lang][q_idx] @ gallery.T, nan=-np.inf)  # (Q, G)
+    if q_lang in gal_langs:  # the query text itself is not a candidate (its product's own listing)
+        sims[np.arange(len(q_idx)), gal_langs.index(q_lang) * P + q_idx] = -np.inf
+    if search:
+        sims = _language_fair(sims, np.repeat(np.array(gal_langs, dtype=object), P))
     mine = owner[None, :] == q_idx[:, None]
     others_best = np.where(mine, -np.inf, sims).max(1)
     en_first = float((sims[np.arange(len(q_idx)), gal_langs.index("en") * P + q_idx] > others_best).mean())
-    if q_lang in gal_langs:
-        sims[np.arange(len(q_idx)), gal_langs.index(q_lang) * P + q_idx] = -np.inf
     return en_first, float((np.where(mine, sims, -np.inf).max(1) > others_best).mean())
 
 
@@ -199,9 +218,11 @@ def measure(encoder, table: NameTable, held: np.ndarray) -> dict:
             res["r1_to_others"] = float(np.mean([_r1(vecs[lang][q_idx], vecs[y], q_idx).mean()
                                                  for y in ISSUE_16 if y != lang]))
             res["mixed_top1"], res["mixed_product_first"] = _mixed_top1(vecs, lang, q_idx, ("en", *ISSUE_16))
+            res["mixed_top1_search"], _ = _mixed_top1(vecs, lang, q_idx, ("en", *ISSUE_16), search=True)
         if lang in table.catalog:
             res["mixed_top1_catalog"], res["mixed_product_first_catalog"] = _mixed_top1(vecs, lang, q_idx,
                                                                                         table.catalog)
+            res["mixed_top1_catalog_search"], _ = _mixed_top1(vecs, lang, q_idx, table.catalog, search=True)
         per[lang] = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}
 
     def mean(key: str, langs) -> float:
@@ -214,6 +235,9 @@ def measure(encoder, table: NameTable, held: np.ndarray) -> dict:
             "r1_x_to_y_issue16": mean("r1_to_others", ISSUE_16),
             "mixed_gallery_top1": mean("mixed_top1", ISSUE_16),
             "mixed_gallery_top1_catalog14": mean("mixed_top1_catalog", [l for l in table.catalog if l != "en"]),
+            "mixed_gallery_top1_search": mean("mixed_top1_search", ISSUE_16),
+            "mixed_gallery_top1_catalog14_search": mean("mixed_top1_catalog_search",
+                                                        [l for l in table.catalog if l != "en"]),
             "mixed_product_first": mean("mixed_product_first", ISSUE_16),
             "mixed_product_first_catalog14": mean("mixed_product_first_catalog",
                                                   [l for l in table.catalog if l != "en"])}
@@ -254,6 +278,9 @@ def main() -> None:
         "mixed_gallery_top1": d["mixed_gallery_top1"],
         "frozen_e5_mean_r1_to_en": frozen["mean_r1_to_en"],
         "mixed_gallery_top1_catalog14": d["mixed_gallery_top1_catalog14"],
+        # the same galleries ranked as an unfiltered /search ranks them (mmrec/serving/language_rank.py)
+        "mixed_gallery_top1_search": d["mixed_gallery_top1_search"],
+        "mixed_gallery_top1_catalog14_search": d["mixed_gallery_top1_catalog14_search"],
         "languages_worse_than_frozen_e5": worse,
         "default": default_name,
         "encoders": {n: {k: v for k, v in r.items() if k != "per_language"} for n, r in results.items()},
@@ -267,13 +294,14 @@ def main() -> None:
     }
     print(f"\nLanguages outside emoji-market's 14 ({len(table.outside)} CLDR languages), {len(held)} held-out "
           f"query products, gallery = all {len(table.pids)}")
-    print(f"{'encoder':58s} {'X->en':>6s} {'X->en 16':>8s} {'X->Y 16':>7s} {'mixed 16':>8s} {'X->en 13':>8s} "
-          f"{'mixed 14':>8s} {'< e5':>5s}")
+    print(f"{'encoder':58s} {'X->en':>6s} {'X->en 16':>8s} {'X->Y 16':>7s} {'mixed 16':>8s} {'/search':>7s} "
+          f"{'X->en 13':>8s} {'mixed 14':>8s} {'/search':>7s} {'< e5':>5s}")
     for n, r in results.items():
         below = sum(r["per_language"][lang]["r1_to_en"] < frozen["per_language"][lang]["r1_to_en"] for lang in per)
         print(f"{n[:58]:58s} {r['mean_r1_to_en']:6.3f} {r['mean_r1_to_en_issue16']:8.3f} {r['r1_x_to_y_issue16']:7.3f} "
-              f"{r['mixed_gallery_top1']:8.3f} {r['mean_r1_to_en_catalog13']:8.3f} "
-              f"{r['mixed_gallery_top1_catalog14']:8.3f} {below:5d}{'  <- default' if n == default_name else ''}")
+              f"{r['mixed_gallery_top1']:8.3f} {r['mixed_gallery_top1_search']:7.3f} {r['mean_r1_to_en_catalog13']:8.3f} "
+              f"{r['mixed_gallery_top1_catalog14']:8.3f} {r['mixed_gallery_top1_catalog14_search']:7.3f} "
+              f"{below:5d}{'  <- default' if n == default_name else ''}")
     print(f"\nper language, X -> en R@1 ({default_name} | frozen e5-small)")
     for lang in per:
         print(f"  {lang:4s} {per[lang]['r1_to_en']:.3f} | {per[lang]['r1_to_en[e5-small]']:.3f}")

@@ -5,6 +5,9 @@ language B (all 479); Recall@1/@10 of finding the same product. Queries are the 
 tuning (`mmrec.embedding.text_model.held_out_from_tuning`, ~1 in 5), for every encoder alike, so the tuned e5 is
 measured only on products it never saw; frozen encoders are also reported over all products for reference.
 Every encoder runs side by side in this one run; the tuned model is the cached default (tuned on first use).
+The default (`e5-use-aligned`: its tuned e5 run by ONNX Runtime, int8) is measured next to its torch twin
+(`e5-use-aligned:torch`: the same space, torch fp32 e5) on the same queries, with a paired bootstrap over the
+query products ("default_vs_torch_twin").
 Throughput: items/s for the batch API (BatchEmbedder, no cache) vs the raw model call on the same inputs, at
 1 and 2 threads, plus the faster paths (cache hits; e5 with int8 dynamic quantisation).
 
@@ -76,6 +79,36 @@ def recall_matrix(vecs: np.ndarray, queries: np.ndarray | None = None, ks=(1, 10
     return out
 
 
+def per_query_hits(vecs: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """(L, L, Q) hit@k of each query product per ordered language pair; the same ranking as `recall_matrix`
+    (the diagonal is NaN)."""
+    L = vecs.shape[1]
+    hits = np.full((L, L, len(queries)), np.nan)
+    for a in range(L):
+        for b in range(L):
+            if a != b:
+                sims = vecs[queries, a] @ vecs[:, b].T
+                rank = (sims > sims[np.arange(len(queries)), queries][:, None]).sum(1)
+                hits[a, b] = rank < k
+    return hits
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -> dict:
+    """a, b: (Q,) per-query scores of two systems on the same queries: mean difference b - a, its 95% interval
+    from resampling the queries (paired: it detects shifts far below the metric's own noise) and that standard
+    error, and `metric_se`, the standard error of a's mean over the queries (how much the metric itself moves
+    with the sample). Within noise: the interval holds 0, or the shift is no larger than metric_se."""
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    diff = b - a
+    boots = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(n)])
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    metric_se = float(a.std(ddof=1) / np.sqrt(len(a)))
+    return {"delta": round(float(diff.mean()), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
+            "se": round(float(boots.std()), 4), "paired_ci_holds_zero": bool(lo <= 0 <= hi),
+            "metric_se": round(metric_se, 4), "within_noise": bool(lo <= 0 <= hi or abs(diff.mean()) <= metric_se)}
+
+
 def summarise(r: dict[int, np.ndarray]) -> dict:
     worst = np.unravel_index(np.nanargmin(r[1]), r[1].shape)
     fa = LANGS.index("fa")
@@ -110,30 +143,43 @@ def crosslingual(threads: int) -> tuple[dict, str]:
     # tunes the default e5 on first use
     singles = {s: Memo(DiskCached(load_text_encoder(s), cache)) for s in (*FROZEN, TUNED)}
     previous = Memo(DiskCached(load_text_encoder(str(previous_tuned_e5_dir())), cache))
-    default = load_text_encoder("default")
-    specs = list(dict.fromkeys([*FROZEN, TUNED, *COMBOS, PREVIOUS, DEFAULT_TEXT]))
-    results = {}
+    default = load_text_encoder("default")  # the tuned e5 run by ONNX Runtime (int8)
+    twin_spec = f"{DEFAULT_TEXT}:torch"  # the same space with torch's fp32 e5: what the default was before
+    twin = load_text_encoder(twin_spec)
+    e5_default = Memo(DiskCached(default.parts[0][1], cache)) if isinstance(default, ConcatEncoder) else None
+    specs = list(dict.fromkeys([*FROZEN, TUNED, *COMBOS, PREVIOUS, DEFAULT_TEXT, twin_spec]))
+    results, hits = {}, {}
     for spec in specs:
         if spec in singles:
             enc = singles[spec]
         elif spec == PREVIOUS:  # the 0.3 default: e5 tuned on the 14 languages only, USE kept out of Persian only
             enc = ConcatEncoder([(0.4, previous), (0.6, PersianOnlyGate(singles["use-m3"]))])
-        elif spec == DEFAULT_TEXT and isinstance(default, ConcatEncoder):  # same parts, stand-ins, directions
-            enc = ConcatEncoder([(w, singles[TUNED] if i == 0 else singles["use-m3"])
-                                 for i, (w, _) in enumerate(default.parts)],
-                                stand_ins=default.stand_ins, directions=default.directions)
+        elif spec in (DEFAULT_TEXT, twin_spec) and isinstance(default, ConcatEncoder):
+            space = default if spec == DEFAULT_TEXT else twin  # same stand-ins and directions, e5 by its backend
+            e5 = e5_default if spec == DEFAULT_TEXT else singles[TUNED]
+            enc = ConcatEncoder([(w, e5 if i == 0 else singles["use-m3"]) for i, (w, _) in enumerate(space.parts)],
+                                stand_ins=space.stand_ins, directions=space.directions)
         else:
             enc = ConcatEncoder([(w, singles[sub]) for w, sub in split_weighted(spec)])
         start = time.perf_counter()
         vecs = enc.encode(flat).reshape(len(pids), len(LANGS), -1)
-        tuned = TUNED in spec or spec in (PREVIOUS, DEFAULT_TEXT)
+        tuned = TUNED in spec or spec in (PREVIOUS, DEFAULT_TEXT, twin_spec)
         results[spec] = {**summarise(recall_matrix(vecs, held)), "tuned": tuned,
                          "seconds_first_encode": round(time.perf_counter() - start, 1)}
+        if spec in (DEFAULT_TEXT, twin_spec):
+            results[spec]["text_model"] = getattr(enc, "version", "")
+            hits[spec] = {k: np.nanmean(per_query_hits(vecs, held, k), axis=(0, 1)) for k in (1, 10)}
         if not tuned:  # frozen: every product is unseen, so all of them can be queries
             results[spec]["mean_r1_all_products"] = summarise(recall_matrix(vecs))["mean_r1"]
     best_single = max(results[s]["mean_r1"] for s in FROZEN)
     for spec in results:
         results[spec]["vs_best_frozen_single"] = round(results[spec]["mean_r1"] / best_single, 3)
+    if len(hits) == 2:  # paired over the held-out query products (each: mean over the 182 ordered pairs)
+        results["default_vs_torch_twin"] = {
+            "default": DEFAULT_TEXT, "torch_twin": twin_spec,
+            "mean_r1": paired_bootstrap(hits[twin_spec][1], hits[DEFAULT_TEXT][1]),
+            "mean_r10": paired_bootstrap(hits[twin_spec][10], hits[DEFAULT_TEXT][10]),
+            "how": "delta = default - torch twin; 95% interval from 2000 bootstrap resamples of the query products"}
     results["_meta"] = {
         "products": len(pids), "held_out_queries": len(held), "languages": list(LANGS),
         "pairs": len(LANGS) * (len(LANGS) - 1), "gallery": "all products, target language",
@@ -221,12 +267,16 @@ def main() -> None:
     print(f"{'encoder':30s} {'mean R@1':>9s} {'mean R@10':>10s} {'worst R@1':>10s} {'worst pair':>10s} "
           f"{'R@1 w/o fa':>10s} {'vs best frozen':>14s} {'R@1 all prods':>13s}")
     for spec, r in xl.items():
-        if spec.startswith("_"):
+        if spec.startswith("_") or not isinstance(r.get("mean_r1"), float):
             continue
         mark = "  <- default" if spec == default else ""
         everyone = f"{r['mean_r1_all_products']:13.3f}" if "mean_r1_all_products" in r else f"{'-':>13s}"
         print(f"{spec:30s} {r['mean_r1']:9.3f} {r['mean_r10']:10.3f} {r['worst_pair_r1']:10.3f} {r['worst_pair']:>10s} "
               f"{r['mean_r1_without_fa']:10.3f} {r['vs_best_frozen_single']:13.2f}x {everyone}{mark}")
+    pair = xl.get("default_vs_torch_twin")
+    if pair:
+        print(f"default (e5 ONNX int8) - torch twin: R@1 {pair['mean_r1']['delta']:+.4f} {pair['mean_r1']['ci95']}, "
+              f"R@10 {pair['mean_r10']['delta']:+.4f} {pair['mean_r10']['ci95']} (paired bootstrap over query products)")
     ratio = xl[default]["vs_best_frozen_single"]
     print(f"bar: default / best frozen single = {ratio:.2f}x (>= 1.20x: {'met' if ratio >= 1.2 else 'NOT met'}); "
           f"goal mean R@1 >= 0.6: {'met' if xl[default]['mean_r1'] >= 0.6 else 'not met'}")

@@ -144,7 +144,9 @@ def catalog_image_features(products: Sequence[CatalogProduct], image_encoder: An
     from encoders.image import open_image
 
     decoded, ok = [], np.zeros(len(products), dtype=bool)
-    digest = hashlib.sha256(f"{image_encoder.name}|{augment_views}|{seed}".encode())
+    # keyed by the weights the features come from: torch and ONNX fp32 EfficientNet share one entry
+    weights = getattr(image_encoder, "weights_name", image_encoder.name)
+    digest = hashlib.sha256(f"{weights}|{augment_views}|{seed}".encode())
     for i, prod in enumerate(products):
         try:
             decoded.append(open_image(prod.image, index=i))
@@ -187,7 +189,8 @@ def fit_catalog_adapter(products: Sequence[CatalogProduct], text_encoder: Any, i
     text_vectors = text_encoder.encode(titles, kind="passage")
     original = views["is_original"]
     return train_adapter(views["features"], views["view_product"], text_vectors, title_product,
-                         image_encoder=image_encoder.name, text_encoder=text_encoder.name, config=config,
+                         image_encoder=getattr(image_encoder, "weights_name", image_encoder.name),
+                         text_encoder=text_encoder.name, config=config,
                          descriptors=views["descriptors"][original], descriptor_product=views["view_product"][original],
                          meta={"catalog_products": len(products), "images_ok": int(views["ok"].sum()), **(meta or {})},
                          progress=progress)

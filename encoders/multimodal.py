@@ -108,7 +108,9 @@ class MultimodalEncoder:
         if image_encoder is None or self.native:
             return
         if adapter is not None:
-            adapter.check_compatible(image_encoder=image_encoder.name, text_encoder=text_encoder.name)
+            # by the weights behind the features: an adapter for torch EfficientNet serves its ONNX fp32 twin
+            adapter.check_compatible(image_encoder=getattr(image_encoder, "weights_name", image_encoder.name),
+                                     text_encoder=text_encoder.name)
             if adapter.out_dim != self.dim:
                 raise ValueError(f"adapter outputs {adapter.out_dim}-d vectors, text encoder {text_encoder.name} "
                                  f"is {self.dim}-d")

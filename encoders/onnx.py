@@ -8,6 +8,9 @@ Specs (routed here from `encoders.text.load_text_encoder` and `encoders.image.lo
   e5-small:onnx, e5-small:onnx-int8     the rebuilt multilingual-e5-small
   DIR:onnx, DIR:onnx-int8               a tuned e5 (or any mean-pooling sentence-transformers BERT/XLM-R dir)
   efficientnet-lite0:onnx[-int8]        EfficientNet-Lite (features, probs and descriptors as `encode_full`)
+  SPACE_DIR:onnx, SPACE_DIR:onnx-int8   a text space (encoders.text.save_text_space) with its e5 part run here
+The default image encoder runs here in fp32 (`encoders.image.DEFAULT_IMAGE_ENCODER`); a text space's e5 part
+runs here when its spec says so (the product's default text space does, in int8); `:torch` selects torch.
 Nothing is downloaded: each model is exported at first use from its local files into
 `<cache>/onnx/<name>-<key>/`: `model.onnx` (fp32, checked against torch before it is kept) and
 `model-int8.onnx` (`onnxruntime.quantization.quantize_dynamic`). The key covers the source files' names,
@@ -228,12 +231,13 @@ class OnnxTextEncoder:
 
     Same tokenizer (the directory's tokenizer.json), prompts, truncation and pooling as the torch
     `SentenceTransformerEncoder`; texts are sorted by token length and run `batch_size` at a time, so a batch
-    pads to its own longest text, not the call's.
+    pads to its own longest text, not the call's (sort_by_length=False keeps the call's order: only for
+    measuring what the sorting buys, bench/embed_throughput.py).
     """
 
     def __init__(self, model_dir: str | Path, *, precision: str = "fp32", name: str | None = None,
                  version: str | None = None, batch_size: int = DEFAULT_TEXT_BATCH, threads: int | None = None,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, sort_by_length: bool = True) -> None:
         from tokenizers import Tokenizer
 
         if precision not in ("fp32", "int8"):
@@ -254,6 +258,7 @@ class OnnxTextEncoder:
         self.name = (name or self.path.name) + suffix
         self.version = f"{version or self.name}{suffix}/export{EXPORT_VERSION}"
         self.batch_size = batch_size
+        self.sort_by_length = sort_by_length
         folder = export_dir(name or self.path.name, self.path, cache_dir)
         self.model_file = model_file(folder, precision, lambda tmp: export_text_model(self.path, tmp),
                                       per_channel=True)
@@ -278,7 +283,7 @@ class OnnxTextEncoder:
         # stripped as transformers' XLM-R tokenizer does (a trailing space would add a lone "▁" piece)
         encodings = self.tokenizer.encode_batch([(prefix + t).strip() for t in texts])
         lengths = np.array([len(e.ids) for e in encodings])
-        order = np.argsort(lengths, kind="stable")
+        order = np.argsort(lengths, kind="stable") if self.sort_by_length else np.arange(len(texts))
         out = np.zeros((len(texts), self.dim), np.float32)
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]

@@ -9,6 +9,9 @@ Specs (see `load_text_encoder`):
   A+B, 0.3*A+0.7*B       weighted concatenation of normalised encoders (each weight scales its cosine share)
   SPACE_DIR              a directory written by `save_text_space`: a combination with stand-ins for texts a
                          part cannot read and language directions projected out (`ConcatEncoder`)
+  SPACE_DIR:BACKEND      the same space with its e5-family parts run by BACKEND: `onnx-int8` (ONNX Runtime,
+                         dynamic int8), `onnx` (ONNX Runtime, fp32) or `torch` (as saved); other parts unchanged
+  e5-small:torch, DIR:torch   explicit torch (the same as without the suffix)
   open_clip:MODEL[:TAG]  the text tower of an open_clip model (pairs with the same open_clip image encoder)
   anything else          a sentence-transformers model name or local directory (`st:` prefix optional)
 """
@@ -209,8 +212,44 @@ def save_text_space(out_dir: str | Path, parts: list[tuple[float, str]], *,
     return out_dir
 
 
-def load_text_space(path: str | Path, *, cache_dir: str | Path | None = None) -> ConcatEncoder:
-    """A directory written by `save_text_space`, as one encoder."""
+BACKENDS = ("torch", "onnx", "onnx-int8")  # how an e5-family model runs: spec suffixes (`SPACE_DIR:onnx-int8`)
+
+
+def split_backend(spec: str) -> tuple[str, str | None]:
+    """`BASE:torch|:onnx|:onnx-int8` -> (BASE, backend); any other spec -> (spec, None)."""
+    head, sep, tail = spec.strip().rpartition(":")
+    return (head, tail.lower()) if sep and head and tail.lower() in BACKENDS else (spec.strip(), None)
+
+
+def runs_on_onnx(spec: str) -> bool:
+    """True for part specs the ONNX text path can run: e5-small or a local mean-pooling model directory
+    (the rebuilt e5, a tuned e5); USE, MiniLM aliases, hub names and spaces are not."""
+    base, _ = split_backend(spec)
+    if base.lower() in _E5_ALIASES:
+        return True
+    local = Path(base).expanduser()
+    return local.is_dir() and (local / "modules.json").exists() and not (local / TEXT_SPACE_FILE).exists()
+
+
+def with_backend(spec: str, backend: str | None) -> str:
+    """A part spec with its e5-family model run by `backend` (None: as written); other parts unchanged."""
+    if backend is None or not runs_on_onnx(spec):
+        return spec
+    base, _ = split_backend(spec)
+    return base if backend == "torch" else f"{base}:{backend}"
+
+
+def is_text_space(path: str | Path) -> bool:
+    return (Path(path).expanduser() / TEXT_SPACE_FILE).exists()
+
+
+def load_text_space(path: str | Path, *, cache_dir: str | Path | None = None,
+                    backend: str | None = None) -> ConcatEncoder:
+    """A directory written by `save_text_space`, as one encoder. backend: run its e5-family parts with
+    `torch`, `onnx` (fp32) or `onnx-int8` (None: as saved). The stand-ins and directions stay those the space
+    was fitted with (on torch fp32 e5 vectors; bench/embed_throughput.py measures ONNX int8 against them)."""
+    if backend is not None and backend not in BACKENDS:
+        raise TextEncoderError(f"unknown backend {backend!r} for a text space (one of {', '.join(BACKENDS)})")
     path = Path(path)
     try:
         meta = json.loads((path / TEXT_SPACE_FILE).read_text())
@@ -220,7 +259,7 @@ def load_text_space(path: str | Path, *, cache_dir: str | Path | None = None) ->
         specs = [(float(w), str(spec)) for w, spec in meta["parts"]]
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise TextEncoderError(f"{path} is not a readable text space directory ({type(exc).__name__})") from None
-    parts = [(w, load_text_encoder(spec, cache_dir=cache_dir)) for w, spec in specs]
+    parts = [(w, load_text_encoder(with_backend(spec, backend), cache_dir=cache_dir)) for w, spec in specs]
     return ConcatEncoder(parts, stand_ins=stand_ins, directions=directions, name=meta.get("name"))
 
 
@@ -302,7 +341,7 @@ def load_text_encoder(spec: str, *, cache_dir: str | Path | None = None,
     parts = split_weighted(spec)
     if len(parts) > 1:  # a combination is cheap to assemble; its parts are reused (and re-checked) one by one
         return ConcatEncoder([(w, load_text_encoder(sub, cache_dir=cache_dir, reuse=reuse)) for w, sub in parts])
-    key = (spec, str(cache_dir or ""), _local_stamp(spec))
+    key = (spec, str(cache_dir or ""), _local_stamp(split_backend(spec)[0]))  # DIR:onnx-int8 stamps DIR
     if reuse and key in _CACHE:
         return _CACHE[key]
     enc = _build(spec, cache_dir)
@@ -313,7 +352,12 @@ def load_text_encoder(spec: str, *, cache_dir: str | Path | None = None,
 
 def _build(spec: str, cache_dir: str | Path | None) -> TextEncoder:
     low = spec.lower()
-    if low.endswith((":onnx", ":onnx-int8")):  # ONNX Runtime: e5-small:onnx, DIR:onnx-int8 (encoders.onnx)
+    base, backend = split_backend(spec)
+    if backend is not None and is_text_space(base):  # SPACE_DIR:onnx-int8 / :onnx / :torch
+        return load_text_space(base, cache_dir=cache_dir, backend=backend)
+    if backend == "torch":  # explicit torch: e5-small:torch, DIR:torch
+        return _build(base, cache_dir)
+    if backend is not None:  # ONNX Runtime: e5-small:onnx, DIR:onnx-int8 (encoders.onnx)
         from encoders.onnx import load_onnx_text_encoder, split_onnx_spec
 
         base, precision = split_onnx_spec(spec)

@@ -23,7 +23,7 @@ from index.errors import (
 )
 from index.filters import Filter
 from index.schema import PAYLOAD_INDEXES, VECTOR_NAMES, CollectionSchema, Group, Hit, Point, point_id
-from index.store import RECOMMEND_STRATEGIES, SearchRequest, VectorStore
+from index.store import RECOMMEND_STRATEGIES, HitArrays, SearchRequest, VectorStore
 
 STORE_KINDS: tuple[str, ...] = ("edge", "server")
 
@@ -73,7 +73,7 @@ def _options(cls: type, options: dict[str, Any]) -> Any:
 
 
 __all__ = [
-    "open_store", "VectorStore", "SearchRequest", "CollectionSchema", "Filter", "Point", "Hit", "Group", "point_id",
+    "open_store", "VectorStore", "SearchRequest", "HitArrays", "CollectionSchema", "Filter", "Point", "Hit", "Group", "point_id",
     "VECTOR_NAMES", "PAYLOAD_INDEXES", "RECOMMEND_STRATEGIES", "STORE_KINDS",
     "StoreError", "DimensionError", "PayloadError", "SchemaError", "StoreLockedError", "UnknownItemError",
 ]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +23,7 @@ import numpy as np
 from index.errors import SchemaError, StoreError, StoreLockedError
 from index.filters import Filter
 from index.schema import HNSW_PAYLOAD_FIELDS, PAYLOAD_INDEXES, CollectionSchema, Group, Hit, Point, point_id
-from index.store import SearchRequest, VectorStore, average_vector_query, group_hits
+from index.store import HitArrays, SearchRequest, VectorStore, average_vector_query, group_hits
 
 try:
     import qdrant_edge as qe
@@ -89,9 +88,9 @@ class EdgeStore(VectorStore):
         if not self.options.quantization_oversampling >= 1.0:
             raise SchemaError(f"quantization_oversampling must be >= 1, got {self.options.quantization_oversampling!r}")
         self._lock = threading.RLock()
-        # (point id, vector name) -> (point version, vector): searches that return vectors (the two-stage
-        # ranker's 200 candidates) read them from here instead of converting 200 x D floats per query
-        self._vectors: OrderedDict[tuple[Any, str], tuple[int, np.ndarray]] = OrderedDict()
+        # vector name -> rows of hit vectors by item id and point version: searches that return vectors (the
+        # two-stage ranker's 200 candidates) read them from here instead of converting 200 x D floats per query
+        self._vectors: dict[str, _HitCache] = {}
         self._vectors_lock = threading.Lock()
         self._shard: Any = None
         self.schema = self._resolve_schema(schema)
@@ -194,7 +193,7 @@ class EdgeStore(VectorStore):
 
     @staticmethod
     def _to_hit(sp: Any, with_vectors: bool) -> Hit:
-        payload = dict(sp.payload or {})
+        payload = sp.payload or {}  # a new dict on every access: the hit may own it
         vectors = None
         if with_vectors and sp.vector is not None:
             vectors = {name: np.asarray(v, dtype=np.float32) for name, v in sp.vector.items()}
@@ -235,51 +234,73 @@ class EdgeStore(VectorStore):
         return [self._attach(points, using) for points, using in zip(answers, usings)]
 
     def _attach(self, points: list[Any], using: str | None) -> list[Hit]:
-        """Hits with their `using` vector (when not None): from the cache where it holds the point at the
-        version the search saw (the engine bumps a point's version on every write to it, so a cached vector
-        is never stale), else retrieved in one call and cached. Converting the engine's vectors to arrays
-        costs more than the search itself for 200 hits; most candidates recur across requests."""
+        """Hits with their `using` vector (when not None), from `_cached`."""
         hits = [self._to_hit(sp, False) for sp in points]
         if using is None:
             return hits
-        keys = [(hit.item_id, using) for hit in hits]  # the payload's id: cheaper than the engine's UUID
-        versions = [int(sp.version) for sp in points]
-        found: dict[int, np.ndarray] = {}
-        with self._vectors_lock:
-            for i, (key, version) in enumerate(zip(keys, versions)):
-                cached = self._vectors.get(key)
-                if cached is not None and cached[0] == version:
-                    found[i] = cached[1]
-                    self._vectors.move_to_end(key)
-        missing = [i for i in range(len(points)) if i not in found]
-        if missing:
-            ids = [points[i].id for i in missing]
-            records = self._read(lambda s: s.retrieve(ids, with_payload=False, with_vector=[using]))
-            fetched = {rec.id: np.asarray(rec.vector[using], dtype=np.float32)
-                       for rec in records if rec.vector and using in rec.vector}
-            for vector in fetched.values():  # shared with the cache: callers get read-only arrays
-                vector.flags.writeable = False
-            capacity = max(int(self.options.vector_cache_mb * 2**20 // (4 * self.schema.vectors[using])), 0)
-            with self._vectors_lock:
-                for i, pid in zip(missing, ids):
-                    vector = fetched.get(pid)
-                    if vector is None:  # deleted since the search: as if it had come without the vector
-                        continue
-                    found[i] = vector
-                    if capacity:
-                        self._vectors[keys[i]] = (versions[i], vector)
-                        self._vectors.move_to_end(keys[i])
-                while len(self._vectors) > capacity:
-                    self._vectors.popitem(last=False)
+        vectors, _, found, _ = self._cached(points, using, [hit.payload for hit in hits])
         for i, hit in enumerate(hits):
-            if i in found:
-                hit.vectors = {using: found[i]}
+            if found[i]:
+                hit.vectors = {using: vectors[i]}
         return hits
 
-    def _request(self, r: SearchRequest, limit: int, hnsw_ef: int | None) -> Any:
+    def _arrays(self, points: list[Any], using: str) -> HitArrays:
+        """A query's hits (searched without payload) as `HitArrays`, payloads and vectors from `_cached`."""
+        vectors, payloads, found, versions = self._cached(points, using)
+        scores = np.fromiter((sp.score for sp in points), dtype=np.float64, count=len(points))
+        keep = np.flatnonzero(found).tolist() if not found.all() else range(len(points))  # deleted since the search
+        kept = [payloads[i] for i in keep]
+        return HitArrays([p.get("item_id") or str(points[i].id) for i, p in zip(keep, kept)], scores[keep], kept,
+                         vectors[keep] if len(keep) < len(points) else vectors,
+                         np.asarray(versions, dtype=np.int64)[keep])
+
+    def _cached(self, points: list[Any], using: str, payloads: list[dict[str, Any]] | None = None
+                ) -> tuple[np.ndarray, list[Any], np.ndarray, list[int]]:
+        """((n, dim) the hits' `using` vectors, their payloads, (n,) bool which could be read, their point
+        versions): from the cache
+        where it holds the point at the version the search saw (the engine bumps a point's version on every
+        write to it, so a cached entry is never stale), the rest retrieved in one call and cached.
+        Converting the engine's vectors and payloads costs more than the search itself for 200 hits, and most
+        candidates recur across requests. `payloads`: the hits' payloads when the search returned them."""
+        n, dim = len(points), self.schema.vectors[using]
+        out = np.zeros((n, dim), dtype=np.float32)
+        found = np.zeros(n, dtype=bool)
+        cached_payloads: list[Any] = [None] * n
+        uuids = [sp.id for sp in points]
+        keys = [u.int for u in uuids]  # an int: hashed and compared in C, unlike the UUID object
+        versions = [sp.version for sp in points]
+        capacity = max(int(self.options.vector_cache_mb * 2**20 // (4 * dim)), 0)
+        with self._vectors_lock:
+            cache = self._vectors.get(using)
+            if cache is None and capacity:
+                cache = self._vectors[using] = _HitCache(dim, capacity)
+            if cache is not None:
+                cache.read(keys, versions, out, found, cached_payloads)
+        if payloads is not None:
+            cached_payloads = payloads
+        missing = np.flatnonzero(~found).tolist()
+        if missing:
+            ids = [uuids[i] for i in missing]
+            records = self._read(lambda s: s.retrieve(ids, with_payload=payloads is None, with_vector=[using]))
+            fetched = {rec.id.int: rec for rec in records if rec.vector and using in rec.vector}
+            for i in missing:
+                rec = fetched.get(keys[i])
+                if rec is not None:  # else deleted since the search: left without its vector
+                    out[i] = rec.vector[using]
+                    found[i] = True
+                    if payloads is None:
+                        cached_payloads[i] = rec.payload or {}
+            if cache is not None:
+                with self._vectors_lock:
+                    for i in missing:
+                        if found[i]:
+                            cache.put(keys[i], versions[i], out[i], cached_payloads[i])
+        return out, cached_payloads, found, versions
+
+    def _request(self, r: SearchRequest, limit: int, hnsw_ef: int | None, with_payload: bool = True) -> Any:
         return qe.QueryRequest(limit=limit, query=qe.Query.Nearest(r.vector.tolist(), using=r.using),
                                filter=edge_filter(r.filter), params=self._params(r.exact, hnsw_ef),
-                               with_payload=True, with_vector=False)
+                               with_payload=with_payload, with_vector=False)
 
     def _grouped(self, run: Callable[[int], list[Hit]], k: int, group_by: str, group_size: int) -> list[Group]:
         """Over-fetch, group, and fetch more while groups are missing or short and more hits exist."""
@@ -311,7 +332,7 @@ class EdgeStore(VectorStore):
     def _delete(self, item_ids: list[str]) -> None:
         self._update(qe.UpdateOperation.delete_points([point_id(i) for i in item_ids]))
 
-    def _get(self, item_ids: list[str], with_vectors: bool) -> list[Point]:
+    def _get(self, item_ids: list[str], with_vectors: bool | list[str]) -> list[Point]:
         ids = [point_id(i) for i in item_ids]
         records = self._read(lambda s: s.retrieve(ids, with_payload=True, with_vector=with_vectors))
         out = []
@@ -335,6 +356,14 @@ class EdgeStore(VectorStore):
     def _search_batch(self, requests: list[SearchRequest]) -> list[list[Hit]]:
         return self._query_batch([self._request(r, r.k, r.hnsw_ef) for r in requests],
                                  [r.using if r.with_vectors else None for r in requests])
+
+    def _search_batch_arrays(self, requests: list[SearchRequest]) -> list[HitArrays]:
+        queries = [self._request(r, r.k, r.hnsw_ef, with_payload=False) for r in requests]
+        if len(queries) == 1:
+            answers = [self._read(lambda s: s.query(queries[0]))]
+        else:
+            answers = self._read(lambda s: s.query_batch(qe.QueryBatchRequest(queries)))
+        return [self._arrays(points, r.using) for points, r in zip(answers, requests)]
 
     def _search_groups_batch(self, requests: list[SearchRequest], group_by: str, group_size: int
                              ) -> list[list[Group]]:
@@ -434,3 +463,51 @@ def edge_filter(f: Filter | None, exclude: list[str] | None = None) -> Any:
     if not must and not must_not:
         return None
     return qe.Filter(must=must or None, must_not=must_not or None)
+
+
+class _HitCache:
+    """One named vector's cached hits: vectors as rows of one float32 matrix, and payloads, keyed by point
+    id and stamped with the point version they were read at. Reading 200 candidates is then 200 dict
+    lookups and one gather instead of converting 200 vectors and payloads; when full, the oldest rows are
+    reused first (a ring). Payloads are shared between readers: read-only."""
+
+    def __init__(self, dim: int, capacity: int) -> None:
+        self.capacity = capacity
+        self.matrix = np.empty((min(capacity, 4096), dim), dtype=np.float32)
+        self.rows: dict[Any, tuple[int, int, Any]] = {}  # point id -> (version, row, payload)
+        self.owner: list[Any] = []  # row -> point id
+        self.next = 0  # the row to reuse once full
+
+    def read(self, keys: list[Any], versions: list[int], out: np.ndarray, found: np.ndarray,
+             payloads: list[Any]) -> None:
+        """Copy the cached rows of these hits (at their versions) into `out` and their payloads into
+        `payloads`, marking them in `found`."""
+        get = self.rows.get
+        at, rows = [], []
+        for i, (key, version) in enumerate(zip(keys, versions)):
+            cached = get(key)
+            if cached is not None and cached[0] == version:
+                at.append(i)
+                rows.append(cached[1])
+                payloads[i] = cached[2]
+        if at:
+            out[at] = self.matrix[rows]
+            found[at] = True
+
+    def put(self, key: Any, version: int, vector: np.ndarray, payload: Any) -> None:
+        cached = self.rows.get(key)
+        if cached is not None:
+            row = cached[1]
+        elif len(self.owner) < self.capacity:
+            row = len(self.owner)
+            self.owner.append(key)
+            if row >= len(self.matrix):
+                grown = np.empty((min(2 * len(self.matrix), self.capacity), self.matrix.shape[1]), dtype=np.float32)
+                grown[: len(self.matrix)] = self.matrix
+                self.matrix = grown
+        else:
+            row, self.next = self.next, (self.next + 1) % self.capacity
+            del self.rows[self.owner[row]]
+            self.owner[row] = key
+        self.matrix[row] = vector
+        self.rows[key] = (version, row, payload)

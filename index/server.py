@@ -190,7 +190,7 @@ class ServerStore(VectorStore):
         selector = models.PointIdsList(points=[point_id(i) for i in item_ids])
         self._call("delete", lambda c: c.delete(self.collection, points_selector=selector, wait=True))
 
-    def _get(self, item_ids: list[str], with_vectors: bool) -> list[Point]:
+    def _get(self, item_ids: list[str], with_vectors: bool | list[str]) -> list[Point]:
         records = self._call("retrieve", lambda c: c.retrieve(
             self.collection, ids=[point_id(i) for i in item_ids], with_payload=True, with_vectors=with_vectors
         ))

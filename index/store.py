@@ -47,6 +47,23 @@ class SearchRequest:
     with_vectors: bool = False
 
 
+@dataclass
+class HitArrays:
+    """One query's hits laid out for vectorised scoring (`VectorStore.search_batch_arrays`): the hits
+    `search(..., with_vectors=True)` returns, in the same order, as parallel lists and one matrix of their
+    `using` vectors. A hit whose vector can no longer be read (deleted since the search) is left out."""
+
+    item_ids: list[str]
+    scores: np.ndarray  # (n,) float64, the index's similarity
+    payloads: list[dict[str, Any]]
+    vectors: np.ndarray  # (n, dim) float32: each hit's `using` vector as stored
+    versions: np.ndarray | None = None  # (n,) int64 point versions where the backend reports them (a point's
+    # version changes with every write to it, so a caller may cache what it derives from a hit by it)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+
 class VectorStore(ABC):
     """A Qdrant collection of items: named vectors `text`/`image`/`fused` and an indexed payload.
 
@@ -85,11 +102,17 @@ class VectorStore(ABC):
             self._delete(ids)
 
     # --- reads ------------------------------------------------------------------------------------------
-    def get(self, item_ids: Sequence[str], with_vectors: bool = False) -> list[Point]:
-        """The stored points for `item_ids`, in the order asked; ids not in the store are left out."""
+    def get(self, item_ids: Sequence[str], with_vectors: bool | Sequence[str] = False) -> list[Point]:
+        """The stored points for `item_ids`, in the order asked; ids not in the store are left out.
+        `with_vectors`: True for every named vector, or the names of the ones wanted (fewer to convert)."""
         ids = unique_ids(item_ids, "item_ids")
         if not ids:
             return []
+        if not isinstance(with_vectors, bool):
+            names = list(dict.fromkeys(with_vectors))
+            for name in names:
+                self.schema.check_using(name)
+            with_vectors = names or False
         found = {p.item_id: p for p in self._get(ids, with_vectors)}
         return [found[i] for i in ids if i in found]
 
@@ -120,6 +143,14 @@ class VectorStore(ABC):
         engine call for the concurrent requests of a server instead of one each)."""
         checked = [self._check_request(r) for r in requests]
         return self._search_batch(checked) if checked else []
+
+    def search_batch_arrays(self, requests: Sequence[SearchRequest]) -> list[HitArrays]:
+        """`search_batch` with every hit's `using` vector, as arrays (`HitArrays`) rather than one `Hit`
+        object per result: a ranker that rescores hundreds of candidates per query reads them as one
+        matrix (the requests' `with_vectors` is implied)."""
+        checked = [self._check_request(r) for r in requests]
+        checked = [SearchRequest(r.vector, r.using, r.k, r.filter, r.exact, r.hnsw_ef, True) for r in checked]
+        return self._search_batch_arrays(checked) if checked else []
 
     def search_groups_batch(self, requests: Sequence[SearchRequest], *, group_by: str = "product_id",
                             group_size: int = 1) -> list[list[Group]]:
@@ -263,7 +294,7 @@ class VectorStore(ABC):
     def _delete(self, item_ids: list[str]) -> None: ...
 
     @abstractmethod
-    def _get(self, item_ids: list[str], with_vectors: bool) -> list[Point]: ...
+    def _get(self, item_ids: list[str], with_vectors: bool | list[str]) -> list[Point]: ...
 
     @abstractmethod
     def _count(self, filter: Filter | None) -> int: ...
@@ -277,6 +308,19 @@ class VectorStore(ABC):
     def _search_batch(self, requests: list[SearchRequest]) -> list[list[Hit]]:
         """Checked requests, one by one (backends with a batch API override this)."""
         return [self._search(r.vector, r.using, r.k, r.filter, r.exact, r.hnsw_ef, r.with_vectors) for r in requests]
+
+    def _search_batch_arrays(self, requests: list[SearchRequest]) -> list[HitArrays]:
+        """From `_search_batch` (backends that can hand vectors over as arrays override this)."""
+        out = []
+        for r, hits in zip(requests, self._search_batch(requests)):
+            hits = [h for h in hits if h.vectors and r.using in h.vectors]
+            dim = self.schema.vectors[r.using]
+            out.append(HitArrays(
+                [h.item_id for h in hits], np.array([h.score for h in hits], dtype=np.float64),
+                [h.payload for h in hits],
+                np.stack([np.asarray(h.vectors[r.using], dtype=np.float32) for h in hits])  # type: ignore[index]
+                if hits else np.zeros((0, dim), dtype=np.float32)))
+        return out
 
     def _search_groups_batch(self, requests: list[SearchRequest], group_by: str, group_size: int
                              ) -> list[list[Group]]:

@@ -232,4 +232,132 @@ def test_multimodal_encoder_runs_on_onnx_towers(e5_paths, photos):
     mm = MultimodalEncoder(int8, load_image_encoder("efficientnet-lite0:onnx"))
     out = mm.encode(["Chinese palace", "a flower"], photos[:2])
     assert out["fused"].shape == (2, 384) and out["has_image"].all()
-    assert mm.identity() != MultimodalEncoder(load_text_encoder("e5-small"), load_image_encoder("efficientnet-lite0")).identity()
+    torch_mm = MultimodalEncoder(load_text_encoder("e5-small"), load_image_encoder("efficientnet-lite0"),
+                                 bridge=mm.bridge)  # the identity never reads the bridge: skip its 1,000 encodes
+    assert mm.identity() != torch_mm.identity()
+
+
+# ------------------------------------------------------------------- backends of a text space, the defaults
+
+
+@pytest.fixture(scope="module")
+def tiny_space(tiny_dir, tmp_path_factory) -> Path:
+    """A text space over the tiny e5 and USE, with a stand-in for USE and two projected-out directions."""
+    from encoders.text import save_text_space
+
+    rng = np.random.default_rng(0)
+    directions = np.linalg.qr(rng.normal(size=(32 + 512, 2)))[0].T.astype(np.float32)
+    return save_text_space(tmp_path_factory.mktemp("space") / "tiny-space", [(0.4, str(tiny_dir)), (0.6, "use-m3")],
+                           stand_ins={1: (0, rng.normal(size=(32, 512)).astype(np.float32))},
+                           directions=directions, info={"name": "tiny-space"})
+
+
+def test_backend_suffixes_parse():
+    from encoders.text import split_backend
+
+    assert split_backend("e5-small:onnx-int8") == ("e5-small", "onnx-int8")
+    assert split_backend("/m/space:ONNX") == ("/m/space", "onnx")
+    assert split_backend("/m/space:torch") == ("/m/space", "torch")
+    assert split_backend("e5-small:int8") == ("e5-small:int8", None)  # torch's own int8, not a backend
+    assert split_backend("open_clip:ViT-B-32") == ("open_clip:ViT-B-32", None)
+
+
+def test_text_space_runs_its_e5_part_by_the_backend_it_is_given(tiny_space, tiny_cache):
+    """SPACE:onnx / :onnx-int8 swap the e5 part only; :torch and the bare directory load it as saved; the
+    stand-in and the directions are the saved ones in every case, and the vectors stay torch's."""
+    from encoders.onnx import OnnxTextEncoder
+
+    saved = load_text_encoder(str(tiny_space), cache_dir=tiny_cache, reuse=False)
+    torch_twin = load_text_encoder(f"{tiny_space}:torch", cache_dir=tiny_cache, reuse=False)
+    fp32 = load_text_encoder(f"{tiny_space}:onnx", cache_dir=tiny_cache, reuse=False)
+    int8 = load_text_encoder(f"{tiny_space}:onnx-int8", cache_dir=tiny_cache, reuse=False)
+    assert isinstance(saved.parts[0][1], SentenceTransformerEncoder)
+    assert isinstance(torch_twin.parts[0][1], SentenceTransformerEncoder)
+    assert isinstance(fp32.parts[0][1], OnnxTextEncoder) and fp32.parts[0][1].precision == "fp32"
+    assert isinstance(int8.parts[0][1], OnnxTextEncoder) and int8.parts[0][1].precision == "int8"
+    for enc in (torch_twin, fp32, int8):
+        assert enc.parts[1][1].name == "use-m3" and [w for w, _ in enc.parts] == [w for w, _ in saved.parts]
+        np.testing.assert_array_equal(enc.stand_ins[1][1], saved.stand_ins[1][1])
+        np.testing.assert_array_equal(enc.directions, saved.directions)
+    assert saved.version == torch_twin.version and len({saved.version, fp32.version, int8.version}) == 3
+    texts = TEXTS + [n for row in NAMES.values() for n in row]  # Persian rows take the stand-in
+    want = saved.encode(texts)
+    assert cosines(fp32.encode(texts), want).min() >= 0.9999
+    with pytest.raises(TextEncoderError, match="backend"):
+        from encoders.text import load_text_space
+
+        load_text_space(tiny_space, backend="onnx-fp16")
+
+
+def test_default_specs_resolve_to_the_onnx_int8_space_and_its_torch_twin():
+    from mmrec.embedding.text_model import DEFAULT_BACKEND, resolve_text_spec
+
+    assert DEFAULT_BACKEND == "onnx-int8"
+    space = resolve_text_spec("e5-use-aligned:torch")  # the directory as saved (builds the space on first use)
+    assert Path(space).is_dir() and not space.endswith((":torch", ":onnx", ":onnx-int8"))
+    assert resolve_text_spec("default") == resolve_text_spec("e5-use-aligned") == f"{space}:onnx-int8"
+    assert resolve_text_spec("default:torch") == space
+    assert resolve_text_spec("E5-use-aligned:onnx") == f"{space}:onnx"
+    assert resolve_text_spec("0.5*e5-use-aligned:torch+0.5*use-m3") == f"0.5*{space}+0.5*use-m3"
+    assert not resolve_text_spec("e5-small-tuned").endswith("onnx-int8")  # the tuned e5 alone stays torch
+    from mmrec.errors import UserError
+
+    with pytest.raises(UserError, match="unknown backend 'fp16'"):
+        resolve_text_spec("default:fp16")
+
+
+def test_default_text_space_on_onnx_int8_stays_close_to_its_torch_twin():
+    """The default runs the tuned e5 through ONNX int8 inside the same fitted space (same stand-in, same
+    directions); per text its vectors stay close to the torch twin's, Persian (stand-in) rows included."""
+    from encoders.onnx import OnnxTextEncoder
+    from mmrec.embedding.text_model import load_text_encoder as load_default
+
+    default, twin = load_default("default"), load_default("default:torch")
+    assert isinstance(default.parts[0][1], OnnxTextEncoder) and default.parts[0][1].precision == "int8"
+    assert isinstance(twin.parts[0][1], SentenceTransformerEncoder)
+    np.testing.assert_array_equal(default.directions, twin.directions)
+    texts = TEXTS[:-1] + [n for row in NAMES.values() for n in row]
+    for kind in ("passage", "query"):
+        c = cosines(default.encode(texts, kind=kind), twin.encode(texts, kind=kind))
+        assert c.min() >= 0.97 and c.mean() >= 0.99, c
+
+
+def test_default_image_encoder_is_onnx_fp32_and_shares_torch_adapters():
+    from encoders.adapter import AdapterConfig
+    from encoders.adapter_training import train_adapter
+    from encoders.image import DEFAULT_IMAGE_ENCODER, EfficientNetLiteEncoder
+    from encoders.multimodal import MultimodalEncoder
+    from mmrec.embedding.item_encoder import EncoderConfig
+
+    assert EncoderConfig().image_encoder == DEFAULT_IMAGE_ENCODER == "efficientnet-lite0:onnx"
+    default = load_image_encoder("default")
+    assert default.name == "efficientnet-lite0:onnx" and default.weights_name == "efficientnet-lite0"
+    torch_enc = load_image_encoder("efficientnet-lite0:torch")
+    assert type(torch_enc) is EfficientNetLiteEncoder and torch_enc.weights_name == torch_enc.name
+    int8 = load_image_encoder("efficientnet-lite0:onnx-int8")
+    assert int8.weights_name == "efficientnet-lite0:onnx-int8"  # its features are not torch's
+    use = load_text_encoder("use-m3")
+    rng = np.random.default_rng(0)
+    adapter = train_adapter(rng.normal(size=(8, 1280)).astype(np.float32), np.arange(8),
+                            use.encode([f"product {i}" for i in range(8)]), np.arange(8),
+                            image_encoder=torch_enc.weights_name, text_encoder=use.name,
+                            config=AdapterConfig(steps=2, memory=False), progress=False)
+    MultimodalEncoder(use, default, adapter)  # trained on torch features: serves the ONNX fp32 twin
+    with pytest.raises(ValueError, match="retrain"):
+        MultimodalEncoder(use, int8, adapter)
+
+
+def test_default_adapter_paths_keep_the_whole_version():
+    """Versions with dots ("use-m3/0.2.1") once lost their hash in Path.with_suffix: two text spaces on the
+    same tuned e5 shared one cached adapter. Each (text version, image weights) now has its own file."""
+    from types import SimpleNamespace
+
+    from mmrec.embedding.image_adapter import default_adapter_path
+
+    image = SimpleNamespace(name="efficientnet-lite0:onnx", weights_name="efficientnet-lite0")
+    base = "0.4000*e5-small-tuned/rebuild1-79d4806c5b-0b16e14ce0:onnx-int8/export1+0.6000*use-m3/0.2.1|space:"
+    a = default_adapter_path(SimpleNamespace(name="default", version=base + "aaaa"), image)
+    b = default_adapter_path(SimpleNamespace(name="default", version=base + "bbbb"), image)
+    assert a.with_suffix(".pt") != b.with_suffix(".pt") and a.with_suffix(".pt").name == a.name + ".pt"
+    torch_image = SimpleNamespace(name="efficientnet-lite0", weights_name="efficientnet-lite0")
+    assert default_adapter_path(SimpleNamespace(name="default", version=base + "aaaa"), torch_image) == a

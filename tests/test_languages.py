@@ -119,3 +119,29 @@ def test_concat_fills_an_unreadable_part_with_its_stand_in(tmp_path):
     assert again.version != ConcatEncoder([(0.4, e5), (0.6, use)]).version
     with pytest.raises(Exception, match="matrix"):
         ConcatEncoder([(0.4, e5), (0.6, use)], stand_ins={1: (0, m.T)})
+
+
+def test_language_blocks_draw_pairs_that_share_their_languages():
+    """Same-language negatives in tuning (TextTuneConfig.language_blocks): each block of a step is one
+    language pair over distinct products, so a text's in-batch negatives include its own language."""
+    import random
+
+    from encoders.tune import TextTuneConfig, _language_block_pairs, tune_text_encoder
+
+    words = {"en": "thing", "de": "Ding", "fr": "chose", "sv": "sak"}
+    by = [{lang: [f"{w} {i}"] for lang, w in words.items()} for i in range(40)]
+    index = {lang: set(range(40)) for lang in words}
+    lang_of = {f"{w} {i}": lang for lang, w in words.items() for i in range(40)}
+    pairs = _language_block_pairs(by, index, None, 24, 8, random.Random(0))
+    assert len(pairs) == 24
+    assert len({int(a.split()[-1]) for a, _ in pairs}) == 24  # distinct products
+    for start in range(0, 24, 8):
+        block = {(lang_of[a], lang_of[b]) for a, b in pairs[start:start + 8]}
+        assert len(block) == 1 and len(next(iter(block))) == len(set(next(iter(block)))) == 2
+    assert len({(lang_of[a], lang_of[b]) for a, b in pairs}) > 1  # blocks draw their own pairs
+    # off by default, with the digest (cache names) it always had; on, it needs each text's language
+    assert TextTuneConfig().digest() == TextTuneConfig(language_blocks=0).digest() != TextTuneConfig(language_blocks=8).digest()
+    with pytest.raises(ValueError, match="language_blocks"):
+        TextTuneConfig(language_blocks=1)
+    with pytest.raises(ValueError, match="language of every text"):
+        tune_text_encoder("/nonexistent", [["a", "b"], ["c", "d"]], "/nonexistent-out", TextTuneConfig(language_blocks=2))

@@ -1,8 +1,8 @@
 """Micro-batching (mmrec/serving/batching.py): concurrent requests answered together give exactly the
 answers they get alone.
 
-- the store's batch search (`search_batch`, `search_groups_batch`) against one search at a time, on the
-  embedded engine and on the server backend (the client's local mode);
+- the store's batch search (`search_batch`, `search_batch_arrays`, `search_groups_batch`) against one search
+  at a time, on the embedded engine and on the server backend (the client's local mode);
 - `TwoStageRecommender.recommend_many` against `recommend` one by one, with a fusion transformer trained
   briefly on the emoji-market shopper SIMULATION over a real edge store: mixed filters, k, markets,
   negatives, timed and untimed histories, every reasons mode, and exploration with per-request seeds;
@@ -55,7 +55,14 @@ def test_search_batch_answers_what_each_search_answers(kind, tmp_path):
             assert [g.key for g in got] == [g.key for g in want]
             for g, w in zip(got, want):
                 _same_hits(g.hits, w.hits)
-        assert store.search_batch([]) == []
+        for r, arrays in zip(requests, store.search_batch_arrays(requests)):  # the hits as arrays, with vectors
+            hits = store.search(r.vector, k=r.k, filter=r.filter, with_vectors=True)
+            assert arrays.item_ids == [h.item_id for h in hits] and len(arrays) == len(hits)
+            assert np.allclose(arrays.scores, [h.score for h in hits], atol=1e-5)
+            assert arrays.payloads == [h.payload for h in hits]
+            assert arrays.vectors.shape == (len(hits), 16) and arrays.vectors.dtype == np.float32
+            assert np.allclose(arrays.vectors, [h.vectors["fused"] for h in hits], atol=1e-6)
+        assert store.search_batch([]) == [] and store.search_batch_arrays([]) == []
         from index import DimensionError, PayloadError
 
         with pytest.raises(DimensionError):
@@ -85,10 +92,30 @@ def test_edge_hit_vectors_are_never_stale(tmp_path):
         assert np.allclose(hits["i3"].vectors["fused"], moved / np.linalg.norm(moved), atol=1e-6)
         assert np.allclose(hits["i1"].vectors["fused"], first["i1"])
         assert "i5" not in hits
-        with pytest.raises(ValueError):  # shared with the cache: read-only
-            hits["i1"].vectors["fused"][0] = 1.0
+        arrays = store.search_batch_arrays([SearchRequest(q, k=8)])[0]
+        assert "i5" not in arrays.item_ids
+        assert np.allclose(arrays.vectors[arrays.item_ids.index("i3")], moved / np.linalg.norm(moved), atol=1e-6)
+        assert arrays.payloads[arrays.item_ids.index("i3")]["product_id"] == "p3"
+        hits["i1"].vectors["fused"][0] = 9.0  # a caller's copy: the cache keeps the stored vector
+        arrays.vectors[:] = 9.0
+        again = {h.item_id: h.vectors["fused"] for h in store.search(q, k=8, with_vectors=True)}
+        assert np.allclose(again["i1"], first["i1"])
     finally:
         store.close()
+
+
+def test_edge_hit_cache_reuses_its_oldest_rows():
+    """The cache's ring: when full, the oldest entry's row is reused, and a stale version is a miss."""
+    from index.edge import _HitCache
+
+    cache = _HitCache(dim=2, capacity=3)
+    for n in range(5):
+        cache.put(f"p{n}", 1, np.full(2, n, dtype=np.float32), {"n": n})
+    out, found, payloads = np.zeros((6, 2), np.float32), np.zeros(6, bool), [None] * 6
+    cache.read(["p0", "p1", "p2", "p3", "p4", "p4"], [1, 1, 1, 1, 1, 2], out, found, payloads)
+    assert found.tolist() == [False, False, True, True, True, False]
+    assert out[2:5, 0].tolist() == [2, 3, 4] and payloads[2:5] == [{"n": 2}, {"n": 3}, {"n": 4}]
+    assert len(cache.rows) == 3 and len(cache.matrix) >= 3
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output file (.parquet, .jsonl or .csv) or a directory "
                                                      "(saved as a datasets.Dataset)")
     parser.add_argument("--text-encoder", default="default", help="text encoder spec [default]")
-    parser.add_argument("--image-encoder", default="default", help="image encoder spec [efficientnet-lite0]")
+    parser.add_argument("--image-encoder", default="default", help="image encoder spec [default: efficientnet-lite0:onnx]")
     parser.add_argument("--no-images", action="store_true", help="text only (fused vector = text vector)")
     parser.add_argument("--adapter", default="default",
                         help="image->text adapter: 'default', a saved adapter path, or 'none' (class-name bridge)")

@@ -311,8 +311,10 @@ def run(args: argparse.Namespace) -> int:
         m = models["mmrec"]
         rec = getattr(m, "rec", m)
         extra["mmrec"] = {"checkpoint": args.mmrec_checkpoint, "repeat_purchases": bool(rec.model_.cfg.repeat_purchases),
+                          "repeat_decay": getattr(rec.model_.cfg, "repeat_decay", 0.0),
                           **{k: rec.report_[k] for k in ("best_epoch", "stopped", "train_seconds", "loss",
-                                                         "best_valid_ndcg@10", "n_parameters", "repeat_weight",
+                                                         "initial_valid_ndcg@10", "best_valid_ndcg@10", "epochs",
+                                                         "n_parameters", "repeat_decay_search", "repeat_weight",
                                                          "repeat_weight_search") if k in rec.report_}}
     reference = args.reference or names[0]
     if args.ab and len(names) > 1:

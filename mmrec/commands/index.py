@@ -16,8 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("catalog", help="built-in dataset name (e.g. emoji-market) or a JSONL/Parquet/CSV catalog")
     parser.add_argument("--data-dir", required=True, help="the service data dir to create or extend")
     parser.add_argument("--text-encoder", default="default", help="text encoder spec [default]")
-    parser.add_argument("--image-encoder", default="efficientnet-lite0",
-                        help="image encoder spec, or 'none' for text only [efficientnet-lite0]")
+    parser.add_argument("--image-encoder", default="default",
+                        help="image encoder spec, or 'none' for text only [default: efficientnet-lite0:onnx]")
     parser.add_argument("--adapter", default="default",
                         help="image->text adapter: 'default', a file from `mmrec train-adapter`, or 'none'")
     parser.add_argument("--text-fields", default=None,

@@ -36,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--data-dir", required=True, help="where items, vectors and events are kept")
     parser.add_argument("--text-encoder", default="default", help="text encoder spec (see encoders/text.py)")
-    parser.add_argument("--image-encoder", default="efficientnet-lite0",
-                        help="image encoder spec, or 'none' for a text-only service")
+    parser.add_argument("--image-encoder", default="default",
+                        help="image encoder spec, or 'none' for a text-only service [default: efficientnet-lite0:onnx]")
     parser.add_argument("--adapter", default="default",
                         help="image->text adapter: 'default' (trained on emoji-market on first use), a file from "
                              "`mmrec train-adapter`, or 'none' (training-free class-name bridge only)")
@@ -59,6 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="micro-batching: concurrent /recommend (model) and /search requests arriving within MS "
                              "milliseconds are answered in one model forward / encoder call and one batched index "
                              "query; 0 turns it off [%g]" % _default_window())
+    parser.add_argument("--language-fair-search", action="store_true",
+                        help="order an unfiltered /search language-fairly: each listing against the best ones in its own "
+                             "language (CSLS-style; helps queries in languages the text space leans on, can demote a "
+                             "translation whose language has several close listings) [off]")
     parser.add_argument("--events", default=None,
                         help="where events and impressions are kept: 'file' (DIR/events.jsonl, the default) or "
                              "redis://[:PASSWORD@]HOST:PORT/DB, shared by replicas (Redis must run with appendonly "
@@ -235,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
     from mmrec.serving.app import create_app, open_services
     from mmrec.serving.event_log import EventLogInUse
     from mmrec.serving.interaction_log import EventLogError
+    from mmrec.serving.language_rank import LanguageRankConfig
     from mmrec.store.catalog_store import CatalogConfig
 
     store, store_url = store_from_args(args)
@@ -262,12 +267,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         services = open_services(args.data_dir, config, model=args.model if variants is None else None,
                                  events=events, variants=variants, experiment=args.experiment,
-                                 exploration=exploration, batching=batching)
+                                 exploration=exploration, batching=batching,
+                                 language_rank=LanguageRankConfig(enabled=args.language_fair_search))
     except (StoreError, SchemaError, EventLogInUse, EventLogError, ValueError, OSError) as exc:
         raise UserError(str(exc)) from None
     except (RuntimeError, ImportError) as exc:  # encoder specs that cannot be loaded here
         raise UserError(f"cannot load the encoders ({args.text_encoder!r}, {args.image_encoder!r}): {exc}") from None
     app = create_app(services, settings)
+    import gc
+
+    gc.freeze()  # the models and catalog loaded above are never garbage: full collections skip them (tail latency)
     log.info("events and impressions: %s", getattr(services.events, "where", services.events.kind))
     for name, cfg in exploration.items():
         log.info("variant %r explores: up to %g of a page's slots for items shown fewer than %d times", name,

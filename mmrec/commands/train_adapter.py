@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="built-in dataset name or a catalog file (JSONL/Parquet/CSV with image_path) "
                              "[emoji-market]")
     parser.add_argument("--text-encoder", default="default", help="text encoder spec [default]")
-    parser.add_argument("--image-encoder", default="efficientnet-lite0", help="image encoder spec [efficientnet-lite0]")
+    parser.add_argument("--image-encoder", default="default", help="image encoder spec [default: efficientnet-lite0:onnx]")
     parser.add_argument("--out", required=True, help="output path; writes OUT.pt and OUT.json")
     parser.add_argument("--steps", type=int, default=None, help="training steps [600]")
     parser.add_argument("--views", type=int, default=None, help="augmented views per image [2]")

@@ -134,7 +134,7 @@ def embed(catalog: Any, *, text_encoder: Any = "default", image_encoder: Any = "
 
     catalog: a Dataset, a built-in dataset name, a JSONL/Parquet/CSV file, or an iterable of Items/dicts.
     text_encoder / image_encoder / adapter / mix / recipe: see `mmrec.EncoderConfig` (specs or objects;
-      image_encoder None embeds text only, fused = text; "default" image encoder = efficientnet-lite0).
+      image_encoder None embeds text only, fused = text; "default" image encoder = efficientnet-lite0:onnx).
     threads: torch/BLAS threads during the run (None leaves the process setting alone).
     cache_dir: the content-hash cache (None: $MMREC_CACHE/embeddings; False: no cache).
     return_stats: also return the run's `EmbedStats` (items embedded, cache hits, bad images, items/s).

@@ -31,7 +31,8 @@ DEFAULT_CATALOG = "emoji-market"
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text)[:80]
+    # no dots: the adapter's files are NAME.pt / NAME.json, and Path.with_suffix would cut a name at its last dot
+    return re.sub(r"[^A-Za-z0-9+-]+", "_", text)[:80]
 
 
 def catalog_products(items: Iterable[dict]) -> list[CatalogProduct]:
@@ -59,7 +60,8 @@ def default_adapter_path(text_encoder: Any, image_encoder: Any, catalog: str = D
     config = config or AdapterConfig()
     version = encoder_version(text_encoder)  # slugged for reading, hashed so that a cut-off slug cannot collide
     tag = hashlib.sha256(version.encode()).hexdigest()[:8]
-    name = f"{catalog}--{image_encoder.name}--{_slug(version)}-{tag}--{config.digest()}"
+    image = getattr(image_encoder, "weights_name", image_encoder.name)  # torch and ONNX fp32 share one adapter
+    name = f"{_slug(str(catalog))}--{_slug(image)}--{_slug(version)}-{tag}--{config.digest()}"
     return cache_dir("adapters") / name
 
 

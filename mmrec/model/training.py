@@ -64,6 +64,9 @@ class TrainConfig:
     num_threads: int = 1  # 1 thread was faster than 2 on the shared 2-core box
     bf16: bool = False  # bfloat16 autocast: faster only with AMX; on an AVX512-BF16 Xeon without AMX the
     # ML-1M step measured 1.35-1.6x slower than float32 (bench/ml1m.py measures both and picks)
+    validate_initial: bool = False  # score the untrained model on validation first and keep it if no epoch
+    # beats it: a model whose init is already a strong baseline (the repeat bonus starts as the decayed
+    # purchase count) must not end up below where it started
     seed: int = 0
     progress: bool = True
 
@@ -117,6 +120,12 @@ def train_model(
     best, best_state, bad, step = -1.0, None, 0, 0
     t0 = time.perf_counter()
     base_codes = codes
+    if validate is not None and cfg.validate_initial:
+        model.eval()
+        best = ctx.broadcast(float(validate()) if ctx.is_main else 0.0)
+        best_state, report["initial_valid_ndcg@10"], report["best_epoch"] = copy.deepcopy(model.state_dict()), best, 0
+        if ctx.is_main and cfg.progress:
+            print(f"{log_prefix} before training: valid_ndcg@10={best:.4g}", flush=True)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         if cfg.shuffle_ties:

@@ -40,6 +40,7 @@ from mmrec.serving.api.guard import OPEN_PATHS, Guard
 from mmrec.serving.api.settings import ServiceSettings
 from mmrec.serving.api.telemetry import Telemetry, TelemetryMiddleware
 from mmrec.serving.batching import BatchingConfig
+from mmrec.serving.language_rank import LanguageRankConfig
 from mmrec.serving.variants import CONTENT, Variant, check_variants
 
 SECURITY_SCHEMES = {
@@ -119,7 +120,8 @@ def openapi_spec() -> dict[str, Any]:
 def open_services(data_dir: str | Path, config: Any, model: str | Path | None = None, *,
                   events: str | None = None, variants: Sequence[Variant] | None = None,
                   experiment: str = "default", exploration: Mapping[str, Any] | None = None,
-                  batching: BatchingConfig | None = None) -> Services:
+                  batching: BatchingConfig | None = None,
+                  language_rank: LanguageRankConfig | None = None) -> Services:
     """Open (or create) the catalog and market list in `data_dir`, the interaction log (`events`: None for
     the files in `data_dir`, or a redis:// URL) and the models behind /recommend: `variants` (each a
     checkpoint path or "content", with its traffic share), or one variant "default" of `model` (a fusion
@@ -127,7 +129,8 @@ def open_services(data_dir: str | Path, config: Any, model: str | Path | None = 
     catalog's vector space. `exploration`: variant name -> `ExplorationConfig` for the model variants that
     give new items a share of slots, from the log's per-item impressions and clicks (`mmrec serve --explore`).
     `batching`: micro-batching of concurrent /recommend and /search requests (default: on, a
-    `BatchingConfig()` window; `BatchingConfig(window_ms=0)`: every request on its own)."""
+    `BatchingConfig()` window; `BatchingConfig(window_ms=0)`: every request on its own). `language_rank`: the
+    language-fair ordering of an unfiltered /search (default: off, plain similarity)."""
     from mmrec.serving.logs import open_interaction_log
     from mmrec.serving.markets import Markets
     from mmrec.store.catalog_store import CatalogStore
@@ -153,7 +156,8 @@ def open_services(data_dir: str | Path, config: Any, model: str | Path | None = 
         event_log.close()
         raise
     return Services(catalog=catalog, events=event_log, markets=Markets(catalog.store, data_dir / "markets.json"),
-                    variants=loaded, experiment=experiment, batching=batching or BatchingConfig())
+                    variants=loaded, experiment=experiment, batching=batching or BatchingConfig(),
+                    language_rank=language_rank or LanguageRankConfig())
 
 
 def _check_exploration(variants: Sequence[Variant], exploration: Mapping[str, Any]) -> None:

@@ -71,7 +71,7 @@ class MicroBatcher(Generic[Req, Res]):
         self._queue: deque[tuple[float, Req, Future]] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._in_system = 1  # requests batched or queued at the last take (how many to wait for next time)
+        self._in_system = 1  # the last batch and the requests queued when it was answered (how many to wait for)
         self.batches = 0  # how many batches ran, and how many requests they held (for tests and logs)
         self.requests = 0
         self._thread = threading.Thread(target=self._loop, name=f"mmrec-{name}", daemon=True)
@@ -105,13 +105,13 @@ class MicroBatcher(Generic[Req, Res]):
     # ------------------------------------------------------------------------------------------------
     def _take(self) -> list[tuple[float, Req, Future]] | None:
         """The next batch: wait for a first request, then at most the window for as many requests as were
-        in the system last time (the previous batch and those queued behind it), or a full batch. None once
-        closed and drained.
+        in the system when the last batch was answered (that batch, whose clients are about to send their
+        next requests, and those queued behind it), or a full batch. None once closed and drained.
 
-        Waiting for the previous count, not for a full batch, keeps a lone client from paying the window
-        (it never waits) while concurrent clients whose answers just went out get the moment they need to
-        send their next request and join the batch, instead of splitting into two cohorts that take turns
-        in half-size batches."""
+        Waiting for that count, not for a full batch, keeps a lone client from paying the window (it never
+        waits) while concurrent clients whose answers just went out get the moment they need to send their
+        next request and join the batch, instead of splitting into two cohorts that take turns in
+        half-size batches (counting the queue at take time instead keeps such a split going forever)."""
         window = self.config.window_ms / 1000.0
         with self._cond:
             while not self._queue:
@@ -126,9 +126,7 @@ class MicroBatcher(Generic[Req, Res]):
                     break
                 self._cond.wait(left)
             n = min(len(self._queue), self.config.max_batch)
-            batch = [self._queue.popleft() for _ in range(n)]
-            self._in_system = max(len(batch) + len(self._queue), 1)
-            return batch
+            return [self._queue.popleft() for _ in range(n)]
 
     def _loop(self) -> None:
         while True:
@@ -138,6 +136,8 @@ class MicroBatcher(Generic[Req, Res]):
             live = [(r, f) for _, r, f in batch if f.set_running_or_notify_cancel()]
             if live:
                 self._execute(live)
+            with self._cond:
+                self._in_system = max(len(batch) + len(self._queue), 1)
 
     def _execute(self, batch: list[tuple[Req, Future]]) -> None:
         self.batches += 1

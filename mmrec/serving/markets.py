@@ -40,6 +40,10 @@ class Markets:
                 self._known |= new
                 self._save()
 
+    def is_known(self, market: str) -> bool:
+        """Whether `market` is already known (then `check` reads nothing)."""
+        return market in self._known
+
     def check(self, market: str) -> None:
         """Raise a 400 naming the known markets unless some item was listed in `market`."""
         if market in self._known:

@@ -19,8 +19,9 @@ passes per-item impression counts.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from index import Filter, Hit, Point, SearchRequest, VectorStore
+from index import Filter, HitArrays, Point, SearchRequest, VectorStore
 from mmrec.store.catalog_store import Recommendation, merge_filter
 from mmrec.model.transformer import FusionTransformer
 from mmrec.data.schema import Event
@@ -71,6 +72,7 @@ class ServingConfig:
 
 
 REASONS = ("sequential", "leave_one_out", "cosine")
+TABLE_CACHE_ROWS = 1 << 18  # candidates' item_table rows kept (64-d: 64 MB); the oldest are replaced first
 ItemCounts = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
 """item ids -> (impressions (n,), clicks (n,)) from the service's impression log (0 for unknown items)."""
 
@@ -114,6 +116,8 @@ class TwoStageRecommender:
         self.ids_of = {str(x): k + 1 for k, x in enumerate(id_items)}
         self.id_key = id_key  # "product": all listings of a product share its ID row
         self.vectors_version = vectors_version
+        self._rows = _RowCache(model.cfg.hidden, TABLE_CACHE_ROWS)  # candidates' item_table rows by item + version
+        self._rows_lock = threading.Lock()
         if store.schema.vectors.get(self.config.using) != model.cfg.content_dim:
             raise ValueError(
                 f"the model reads {model.cfg.content_dim}-d content vectors but the store's "
@@ -133,11 +137,17 @@ class TwoStageRecommender:
     def _items(self, points: Sequence[Point]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(content (n, C), id codes (n,), market codes (n,)) of stored points."""
         using = self.config.using
-        content = _unit(np.stack([np.asarray(p.vectors[using], dtype=np.float32) for p in points]))
-        keys = [p.payload.get("product_id") or p.item_id for p in points] if self.id_key == "product" else \
-            [p.item_id for p in points]
-        ids = np.array([self.ids_of.get(str(k), 0) for k in keys], dtype=np.int64)
-        markets = market_codes([p.payload.get("market") for p in points], self.model.cfg.markets, len(points))
+        return self._item_codes([p.item_id for p in points], [p.payload for p in points],
+                                np.stack([np.asarray(p.vectors[using], dtype=np.float32) for p in points]))
+
+    def _item_codes(self, item_ids: Sequence[str], payloads: Sequence[dict[str, Any]], vectors: np.ndarray
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`_items` for items given as parallel lists and a (n, C) matrix of their content vectors."""
+        content = _unit(np.asarray(vectors, dtype=np.float32))
+        keys = [p.get("product_id") or i for i, p in zip(item_ids, payloads)] if self.id_key == "product" else item_ids
+        get = self.ids_of.get
+        ids = np.array([get(str(k), 0) for k in keys], dtype=np.int64)
+        markets = market_codes([p.get("market") for p in payloads], self.model.cfg.markets, len(item_ids))
         return torch.from_numpy(content), torch.from_numpy(ids), torch.from_numpy(markets)
 
     def _codes(self, histories: Sequence[Sequence[Event]], points: dict[str, Point], row: dict[str, int]
@@ -162,21 +172,21 @@ class TwoStageRecommender:
             return context_market
         return events[-1].market or points[events[-1].item_id].payload.get("market")
 
+    @property
+    def _window(self) -> int:
+        """Events a request's history is cut to: the model's `max_len`, plus the one before them that codes
+        the first one's gap (see `_forward`)."""
+        return self.model.cfg.max_len + 1
+
     @torch.no_grad()
     def user_vector(self, events: Sequence[Event], points: dict[str, Point], context_market: str | None
                     ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """(u (d,), history item table (h, d), history item ids) for the events whose items are stored."""
-        cfg = self.model.cfg
-        events = [e for e in events if e.item_id in points][-cfg.max_len :]
-        order = list(dict.fromkeys(e.item_id for e in events))
-        row = {iid: i for i, iid in enumerate(order)}
-        content, ids, markets = self._items([points[i] for i in order])
-        table = self.model.item_table(content, ids, markets)
-        codes = self._codes([events], points, row)
-        batch = gather(codes, np.array([0]), np.array([len(events)]))
-        hidden = self.model(table, batch["item"], batch["lengths"], batch["kind"], batch["gap"], batch["value"])
-        ctx_code = torch.from_numpy(market_codes([self._context(events, points, context_market)], cfg.markets, 1))
-        u = self.model.user_vectors(hidden[0, len(events) - 1][None, :], ctx_code)[0]
+        """(u (d,), history item table (h, d), history item ids) for the events whose items are stored (one
+        history; `_forward` does the work, as for a batch)."""
+        events = [e for e in events if e.item_id in points]
+        order = list(dict.fromkeys(e.item_id for e in events[-self.model.cfg.max_len :]))
+        table = self.model.item_table(*self._items([points[i] for i in order]))
+        u = self._forward([events[-self._window :]], [self._context(events, points, context_market)], points)[0]
         return u, table, order
 
     # ---------------------------------------------------------------- the request
@@ -205,13 +215,16 @@ class TwoStageRecommender:
             log.debug("recommend: %.1f ms", 1000 * (time.perf_counter() - t0))
 
     @torch.no_grad()
-    def recommend_many(self, requests: Sequence[RecommendRequest]) -> list[tuple[list[Recommendation], list[str]]]:
+    def recommend_many(self, requests: Sequence[RecommendRequest], *, points: Mapping[str, Point] | None = None
+                       ) -> list[tuple[list[Recommendation], list[str]]]:
         """`recommend` for several requests at once (the service's micro-batches, `mmrec.serving.batching`):
         one store lookup for all histories, one transformer forward for all user vectors, one batched
-        index query (`VectorStore.search_batch`), one forward per reason step for all requests. Each answer
+        index query (`VectorStore.search_batch_arrays`: candidates as one matrix, no object per hit), one
+        item-table pass for the candidates not cached yet, one forward per reason step for all requests. Each answer
         is the one `recommend` gives that request alone (same items; scores equal up to float rounding);
         per-request filters, k, market, negatives and exploration draws apply as there. Every request is
-        checked before any runs (ValueError / TypeError naming the request)."""
+        checked before any runs (ValueError / TypeError naming the request). ``points``: stored points (with
+        their vectors) the caller has just read for some of the histories' items, so they are not read twice."""
         jobs = []
         for i, r in enumerate(requests):
             if r.k < 1:
@@ -222,7 +235,7 @@ class TwoStageRecommender:
                 raise TypeError(f"request {i}: {exc}") from None
             jobs.append(_Job(events, r.k, r.filter, r.market, set(r.negatives), r.rng))
         t0 = time.perf_counter()
-        self._run(jobs)
+        self._run(jobs, points or {})
         log.debug("recommend_many: %d requests in %.1f ms", len(jobs), 1000 * (time.perf_counter() - t0))
         return [job.answer or ([], []) for job in jobs]
 
@@ -233,15 +246,17 @@ class TwoStageRecommender:
         self._run([job])
         return job.answer or ([], [])
 
-    def _run(self, jobs: list[_Job]) -> None:
+    def _run(self, jobs: list[_Job], known: Mapping[str, Point] | None = None) -> None:
         """Answer every job (``job.answer``): the stages below, each per request except the model forwards
-        and the index query, which run once for all jobs."""
+        and the index query, which run once for all jobs. ``known``: points already read (`recommend_many`)."""
         cfg = self.config
         for job in jobs:
             job.events = [e for e in job.events if e.item_id not in job.negatives]
+        known = known or {}
         wanted = list(dict.fromkeys(e.item_id for job in jobs for e in job.events))
-        points = {p.item_id: p for p in self.store.get(wanted, with_vectors=True) if cfg.using in p.vectors} \
-            if wanted else {}
+        unread = [i for i in wanted if i not in known]
+        read = self.store.get(unread, with_vectors=[cfg.using]) if unread else []
+        points = {p.item_id: p for p in (*(known[i] for i in wanted if i in known), *read) if cfg.using in p.vectors}
         live = []
         for job in jobs:
             job.points = {e.item_id: points[e.item_id] for e in job.events if e.item_id in points}
@@ -254,27 +269,44 @@ class TwoStageRecommender:
             live.append(job)
         if not live:
             return
-        windows = [[e for e in job.events if e.item_id in job.points][-self.model.cfg.max_len :] for job in live]
+        windows = [[e for e in job.events if e.item_id in job.points][-self._window :] for job in live]
         users = self._forward(windows, [self._context(w, points, job.market) for w, job in zip(windows, live)], points)
         # Stage 1: retrieve with the content part of the score, inside each request's filters.
         queries = self.model.content_query(users).numpy()
-        hits = self.store.search_batch([
-            SearchRequest(q, using=cfg.using, k=max(cfg.n_retrieve, job.k), filter=self._retrieval_filter(job),
-                          with_vectors=True) for job, q in zip(live, queries)])
-        # Stage 2: rank with the full model score, per request; then the reasons, batched.
-        ranked = [r for r in (self._rank(job, u, h) for job, u, h in zip(live, users, hits)) if r is not None]
+        found = self.store.search_batch_arrays([
+            SearchRequest(q, using=cfg.using, k=max(cfg.n_retrieve, job.k), filter=self._retrieval_filter(job))
+            for job, q in zip(live, queries)])
+        # Stage 2: rank with the full model score, per request (one item-table pass for every candidate of
+        # the batch); then the reasons, batched.
+        cands = [self._candidates(job, hits) for job, hits in zip(live, found)]
+        for job, cand in zip(live, cands):
+            if not len(cand):
+                job.answer = ([], job.used)
+        scored = [(job, u, cand) for job, u, cand in zip(live, users, cands) if len(cand)]
+        if not scored:
+            return
+        sizes = [len(c) for _, _, c in scored]
+        table, ids = self._candidate_table([i for _, _, c in scored for i in c.item_ids],
+                                           [p for _, _, c in scored for p in c.payloads],
+                                           np.concatenate([c.vectors for _, _, c in scored]),
+                                           np.concatenate([c.versions if c.versions is not None else np.full(len(c), -1)
+                                                           for _, _, c in scored]))
+        tables = torch.split(table, sizes)
+        ranked = [r for r in (self._rank(job, u, cand, table, cand_ids) for (job, u, cand), table, cand_ids
+                              in zip(scored, tables, torch.split(ids, sizes))) if r is not None]
         if ranked:
             for r, reasons_of in zip(ranked, self._reasons_many(ranked, points)):
-                recs = [Recommendation(r.cand[j].item_id, float(r.scores[j]), r.cand[j].payload, reasons_of[i],
+                recs = [Recommendation(r.cand.item_ids[j], float(r.scores[j]), dict(r.cand.payloads[j]), reasons_of[i],
                                        r.explored[i]) for i, j in enumerate(r.picked)]
                 r.job.answer = (recs, r.job.used)
 
     @torch.no_grad()
     def _forward(self, rows: Sequence[Sequence[Event]], contexts: Sequence[str | None], points: dict[str, Point]
                  ) -> torch.Tensor:
-        """(R, d): the user vector of each row of events (already cut to the model's window) in storefront
-        ``contexts[r]``, all rows in one batched forward (rows with and without timestamps are coded apart,
-        exactly as each alone would be). An empty row gets the zero vector (score 0)."""
+        """(R, d): the user vector of each row of events in storefront ``contexts[r]``, all rows in one batched
+        forward (rows with and without timestamps are coded apart, exactly as each alone would be). A row is
+        cut by the caller to `_window` events: the last `max_len` are fed, the one before them only codes the
+        first fed event's gap, as training codes it from the whole history. An empty row gets the zero vector."""
         cfg = self.model.cfg
         users = torch.zeros(len(rows), cfg.hidden)
         if not any(rows):
@@ -288,7 +320,8 @@ class TwoStageRecommender:
             if not group:
                 continue
             codes = self._codes([rows[r] for r in group], points, row)
-            batch = gather(codes, codes.indptr[:-1], np.diff(codes.indptr))
+            fed = np.minimum(np.diff(codes.indptr), cfg.max_len)
+            batch = gather(codes, codes.indptr[1:] - fed, fed)
             hidden = self.model(table, batch["item"], batch["lengths"], batch["kind"], batch["gap"], batch["value"])
             last = hidden[torch.arange(len(group)), batch["lengths"] - 1]
             ctx = market_codes([contexts[r] for r in group], cfg.markets, len(group))
@@ -308,25 +341,57 @@ class TwoStageRecommender:
         return merge_filter(flt, seen_items, seen_products if cfg.exclude_seen_products else (),
                             markets=(market,) if market is not None and not (flt and flt.markets) else None)
 
-    def _rank(self, job: _Job, u: torch.Tensor, hits: Sequence[Hit]) -> _Ranked | None:
-        """Stage 2 for one request: the retrieved candidates scored with the full model (content + ID when
-        warm + market), one listing per product, exploration slots; None (and ``job.answer`` set) when
-        nothing is left to show."""
+    def _candidate_table(self, item_ids: list[str], payloads: list[dict[str, Any]], vectors: np.ndarray,
+                         versions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(item_table rows (n, d), ID codes (n,)) of candidates: from the cache where it holds the item at
+        the version the store reported (-1: unknown, not cached), the rest computed in one pass. Most
+        candidates recur across requests, and their rows cost a (n x C) x (C x d) product per request."""
+        n = len(item_ids)
+        table = np.empty((n, self.model.cfg.hidden), dtype=np.float32)
+        ids = np.empty(n, dtype=np.int64)
+        found = np.zeros(n, dtype=bool)
+        with self._rows_lock:
+            self._rows.read(item_ids, versions, table, ids, found)
+        missing = np.flatnonzero(~found)
+        if len(missing):
+            content, miss_ids, markets = self._item_codes([item_ids[i] for i in missing],
+                                                          [payloads[i] for i in missing], vectors[missing])
+            rows = self.model.item_table(content, miss_ids, markets).numpy()
+            table[missing], ids[missing] = rows, miss_ids.numpy()
+            with self._rows_lock:
+                for j, i in enumerate(missing.tolist()):
+                    if versions[i] >= 0:
+                        self._rows.put(item_ids[i], int(versions[i]), rows[j], int(ids[i]))
+        return torch.from_numpy(table), torch.from_numpy(ids)
+
+    def _candidates(self, job: _Job, hits: HitArrays) -> HitArrays:
+        """Stage 2's candidates for one request: the retrieved hits, and with a repeat_purchases model the
+        history's items that pass the request's filter, retrieved or not (none when nothing was retrieved)."""
+        if not self.model.cfg.repeat_purchases or not len(hits):
+            return hits
+        retrieved = set(hits.item_ids)
+        extra = [p for p in job.points.values() if p.item_id not in retrieved and _passes(job.flt, job.market, p)]
+        if not extra:
+            return hits
+        using = self.config.using
+        return HitArrays(hits.item_ids + [p.item_id for p in extra],
+                         np.concatenate([hits.scores, np.full(len(extra), np.nan)]),
+                         hits.payloads + [p.payload for p in extra],
+                         np.concatenate([hits.vectors, np.stack([np.asarray(p.vectors[using], dtype=np.float32)
+                                                                 for p in extra])]),
+                         None if hits.versions is None else np.concatenate([hits.versions, np.full(len(extra), -1)]))
+
+    def _rank(self, job: _Job, u: torch.Tensor, cand: HitArrays, table: torch.Tensor, ids: torch.Tensor
+              ) -> _Ranked | None:
+        """Stage 2 for one request: the candidates (`_candidates`, with their `item_table` rows and ID codes)
+        scored with the full model (content + ID when warm + market), one listing per product,
+        exploration slots; None (and ``job.answer`` set) when nothing is left to show."""
         cfg = self.config
         k, rng = job.k, job.rng
-        hits = [h for h in hits if h.vectors and cfg.using in h.vectors]
-        if not hits:
-            job.answer = ([], job.used)
-            return None
-        cand = [Point(h.item_id, h.vectors, h.payload) for h in hits]
-        if self.model.cfg.repeat_purchases:  # the history's items are candidates too, retrieved or not
-            retrieved = {p.item_id for p in cand}
-            cand += [p for p in job.points.values() if p.item_id not in retrieved and _passes(job.flt, job.market, p)]
-        content, ids, markets = self._items(cand)
-        table = self.model.item_table(content, ids, markets)  # (N, d)
         scores = (table @ u).numpy()
         if self.model.cfg.repeat_purchases:
-            self._add_repeat_bonus(job, u, cand, table, scores)
+            self._add_repeat_bonus(job, u, [Point(i, {}, p) for i, p in zip(cand.item_ids, cand.payloads)], table,
+                                   scores)
         if cfg.cold_offset:
             scores[ids.numpy() == 0] += cfg.cold_offset
         order = np.argsort(-scores, kind="stable")
@@ -334,7 +399,7 @@ class TwoStageRecommender:
         limit = max(k, cfg.exploration.pool) if explore else k
         picked, products = [], set()
         for j in order:
-            product = str(cand[j].payload.get("product_id") or cand[j].item_id)
+            product = str(cand.payloads[j].get("product_id") or cand.item_ids[j])
             if cfg.one_per_product and product in products:
                 continue
             products.add(product)
@@ -343,7 +408,7 @@ class TwoStageRecommender:
                 break
         explored = [False] * min(len(picked), k)
         if explore and picked:
-            impressions, clicks = self.item_counts([cand[j].item_id for j in picked])
+            impressions, clicks = self.item_counts([cand.item_ids[j] for j in picked])
             page = self.exploration.select(scores[picked], impressions, clicks, k, rng)
             picked = [picked[int(i)] for i in page.slots]
             explored = [bool(x) for x in page.explored]
@@ -357,10 +422,12 @@ class TwoStageRecommender:
         """A repeat_purchases model's bonus on the candidates the shopper bought before."""
         from mmrec.model.features import history_repeat_pairs
 
-        history = [e for e in job.events if e.item_id in job.points]
+        # in time order (stable): a basket is one timestamp's events, as `evaluation.basket_ids` and training
+        # define it, even when the log received a basket's lines out of order
+        history = sorted((e for e in job.events if e.item_id in job.points), key=lambda e: e.timestamp)
         order = list(dict.fromkeys(e.item_id for e in history))
         codes = self._codes([history], job.points, {iid: i for i, iid in enumerate(order)})
-        row, item, ago, nb, share = history_repeat_pairs(codes)
+        row, item, ago, nb, share, decayed, span = history_repeat_pairs(codes, decay=self.model.cfg.repeat_decay)
         where = {p.item_id: j for j, p in enumerate(cand)}
         js = np.array([where.get(order[int(i)], -1) for i in item], dtype=np.int64)
         keep = js >= 0
@@ -368,7 +435,8 @@ class TwoStageRecommender:
             return
         bonus = self.model.repeat_bonus(u[None, :], torch.from_numpy(row[keep]), torch.from_numpy(ago[keep]),
                                         torch.from_numpy(nb[keep]), torch.from_numpy(share[keep]),
-                                        table[torch.from_numpy(js[keep])]).numpy()
+                                        table[torch.from_numpy(js[keep])], torch.from_numpy(decayed[keep]),
+                                        torch.from_numpy(span[keep])).numpy()
         np.add.at(scores, js[keep], bonus)
 
     def _reasons_many(self, ranked: Sequence[_Ranked], points: dict[str, Point]) -> list[list[list[tuple[str, float]]]]:
@@ -398,7 +466,7 @@ class TwoStageRecommender:
             return log_probabilities(users, tables[b], results[b], biases[b])
 
         def users_without(owner: list[int], sets: list[tuple]) -> np.ndarray:
-            rows = [[e for e in histories[b] if e.item_id not in gone][-max_len:] for b, gone in zip(owner, sets)]
+            rows = [[e for e in histories[b] if e.item_id not in gone][-self._window :] for b, gone in zip(owner, sets)]
             contexts = [self._context(row, points, ranked[b].job.market) if row else None
                         for b, row in zip(owner, rows)]
             return self._forward(rows, contexts, points).numpy()
@@ -450,7 +518,7 @@ class _Ranked:
 
     job: _Job
     u: torch.Tensor
-    cand: list[Point]
+    cand: HitArrays
     table: torch.Tensor
     ids: torch.Tensor
     scores: np.ndarray
@@ -473,3 +541,51 @@ def load_ranker(path: str | Path, catalog: Any, config: ServingConfig | None = N
     refused if it was trained on vectors from another encoder setup than the catalog's."""
     return TwoStageRecommender.from_checkpoint(path, catalog.store, config=config, item_counts=item_counts,
                                                expect_vectors_version=catalog.encoder.space)
+
+
+class _RowCache:
+    """Rows derived from stored items (their `item_table` row and ID code), keyed by item id and stamped with
+    the point version they were computed at, so a re-upserted item is recomputed; a ring of `capacity`
+    rows, the oldest replaced first."""
+
+    def __init__(self, dim: int, capacity: int) -> None:
+        self.capacity = capacity
+        self.matrix = np.empty((min(capacity, 4096), dim), dtype=np.float32)
+        self.codes = np.empty(len(self.matrix), dtype=np.int64)
+        self.rows: dict[str, tuple[int, int]] = {}  # item id -> (version, row)
+        self.owner: list[str] = []
+        self.next = 0
+
+    def read(self, keys: Sequence[str], versions: np.ndarray, out: np.ndarray, codes: np.ndarray,
+             found: np.ndarray) -> None:
+        get = self.rows.get
+        at, rows = [], []
+        for i, (key, version) in enumerate(zip(keys, versions.tolist())):
+            cached = get(key)
+            if cached is not None and cached[0] == version:
+                at.append(i)
+                rows.append(cached[1])
+        if at:
+            out[at] = self.matrix[rows]
+            codes[at] = self.codes[rows]
+            found[at] = True
+
+    def put(self, key: str, version: int, row_values: np.ndarray, code: int) -> None:
+        cached = self.rows.get(key)
+        if cached is not None:
+            row = cached[1]
+        elif len(self.owner) < self.capacity:
+            row = len(self.owner)
+            self.owner.append(key)
+            if row >= len(self.matrix):
+                size = min(2 * len(self.matrix), self.capacity)
+                self.matrix = np.concatenate([self.matrix, np.empty((size - len(self.matrix), self.matrix.shape[1]),
+                                                                    dtype=np.float32)])
+                self.codes = np.concatenate([self.codes, np.empty(size - len(self.codes), dtype=np.int64)])
+        else:
+            row, self.next = self.next, (self.next + 1) % self.capacity
+            del self.rows[self.owner[row]]
+            self.owner[row] = key
+        self.matrix[row] = row_values
+        self.codes[row] = code
+        self.rows[key] = (version, row)

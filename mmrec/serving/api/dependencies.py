@@ -17,6 +17,7 @@ from mmrec.serving.batching import BatchingConfig, MicroBatcher
 from mmrec.serving.api.settings import ServiceSettings
 from mmrec.serving.api.telemetry import Telemetry
 from mmrec.serving.interaction_log import InteractionLog
+from mmrec.serving.language_rank import LanguageRankConfig
 from mmrec.serving.markets import Markets
 from mmrec.serving.variants import Variant
 from mmrec.store.catalog_store import CatalogStore
@@ -29,7 +30,8 @@ class Services:
     data dir or a shared Redis). `variants`: what answers /recommend, each with its traffic share (a
     ranker of None is content-based); `experiment` names the A/B test (it salts the user assignment).
     `batching`: the micro-batching of concurrent /recommend (model variants) and /search requests
-    (`mmrec.serving.batching`; window 0: every request on its own)."""
+    (`mmrec.serving.batching`; window 0: every request on its own). `language_rank`: how an unfiltered /search
+    orders listings in several languages (`mmrec.serving.language_rank`; off by default)."""
 
     catalog: CatalogStore
     events: InteractionLog
@@ -37,6 +39,7 @@ class Services:
     variants: tuple[Variant, ...] = (Variant("default", 1.0),)
     experiment: str = "default"
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    language_rank: LanguageRankConfig = field(default_factory=LanguageRankConfig)
     _batchers: dict[str, MicroBatcher] = field(default_factory=dict, init=False, repr=False)
     _batchers_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _closed: bool = field(default=False, init=False, repr=False)
@@ -108,8 +111,8 @@ async def query_filter(
     category: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
     in_stock: bool | None = None,
 ) -> Filter | None:
-    if market is None:  # no store access: answered on the event loop
-        return make_filter(services.markets, None, language, category, in_stock)
+    if market is None or services.markets.is_known(market):  # no store access: answered on the event loop
+        return make_filter(services.markets, market, language, category, in_stock)
     return await run_in_threadpool(make_filter, services.markets, market, language, category, in_stock)
 
 

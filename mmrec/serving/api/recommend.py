@@ -60,7 +60,10 @@ def answer_calls(services: Services, telemetry: Telemetry, calls: list[Recommend
     for the ad-hoc histories' ids, one `recommend_many` per model variant, content-based requests one by
     one."""
     wanted = list(dict.fromkeys(i for c in calls if c.body.user_id is None for i in c.body.history or []))
-    known = {p.item_id for p in services.catalog.store.get(wanted)} if wanted else set()
+    # one read, with the vectors when a model ranks (recommend_many reuses it instead of reading again)
+    using = sorted({c.variant.ranker.config.using for c in calls if c.variant.ranker is not None})
+    found = services.catalog.store.get(wanted, with_vectors=using or False) if wanted else []
+    known = {p.item_id for p in found}
     sources, histories, negatives, dropped = [], [], [], []
     for c in calls:
         body = c.body
@@ -93,7 +96,7 @@ def answer_calls(services: Services, telemetry: Telemetry, calls: list[Recommend
             ranker = calls[idx[0]].variant.ranker
             answers = ranker.recommend_many([
                 RecommendRequest(sources[i], calls[i].body.k, calls[i].flt, market=calls[i].body.market,
-                                 negatives=negatives[i]) for i in idx])
+                                 negatives=negatives[i]) for i in idx], points={p.item_id: p for p in found})
             for i, a in zip(idx, answers):
                 ranked[i] = a
     out, impressions = [], []

@@ -13,6 +13,7 @@ from fastapi import APIRouter, File, HTTPException, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from index import Filter, SearchRequest
+from mmrec.serving import language_rank
 from mmrec.serving.api.dependencies import FilterDep, K, Services, ServicesDep, TelemetryDep, UserQuery
 from mmrec.serving.api.errors import clean
 from mmrec.serving.api.images import check_image
@@ -54,8 +55,9 @@ def search_texts(services: Services, telemetry: Telemetry, queries: list[TextQue
     """The answers to text queries, logged as impressions in one durable write: one encoder call, one
     batched grouped search."""
     vectors = services.catalog.embed_queries([x.q for x in queries])
-    groups = services.catalog.store.search_groups_batch(
-        [SearchRequest(v, using="fused", k=x.k, filter=x.flt) for v, x in zip(vectors, queries)])
+    groups = language_rank.search_groups(  # by product; language-fair when the service turns it on
+        services.catalog.store, [SearchRequest(v, using="fused", k=x.k, filter=x.flt) for v, x in zip(vectors, queries)],
+        services.language_rank)
     out, impressions = [], []
     for x, g in zip(queries, groups):
         answer = search_out(g)
