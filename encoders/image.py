@@ -318,7 +318,7 @@ def load_image_encoder(spec: str = DEFAULT_IMAGE_ENCODER, *, threads: int | None
     kwargs = {"threads": threads}
     if batch_size:
         kwargs["batch_size"] = batch_size
-    if spec.startswith("efficientnet-") and spec.endswith((":onnx", ":onnx-int8")):  # ONNX Runtime (encoders.onnx)
+    if spec.startswith("efficientnet-") and spec.lower().endswith((":onnx", ":onnx-int8")):  # ONNX Runtime (encoders.onnx)
         base, precision = split_onnx_spec(spec)
         return load_onnx_image_encoder(base.removeprefix("efficientnet-"), precision, **kwargs)
     if spec.startswith("efficientnet-"):

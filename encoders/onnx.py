@@ -285,8 +285,12 @@ class OnnxTextEncoder:
         lengths = np.array([len(e.ids) for e in encodings])
         order = np.argsort(lengths, kind="stable") if self.sort_by_length else np.arange(len(texts))
         out = np.zeros((len(texts), self.dim), np.float32)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
+        # Dynamic int8 scales activations over the whole call, so a text's vector depends (slightly) on its
+        # batch-mates. Queries go one per call: a search's answer never depends on what other shoppers
+        # searched at the same moment (the service batches concurrent /search queries into one call).
+        step = 1 if self.precision == "int8" and kind == "query" else self.batch_size
+        for start in range(0, len(order), step):
+            rows = order[start:start + step]
             width = int(lengths[rows].max())
             ids = np.full((len(rows), width), self.pad_id, np.int64)
             mask = np.zeros((len(rows), width), np.int64)

@@ -293,8 +293,9 @@ class EdgeStore(VectorStore):
             if cache is not None:
                 with self._vectors_lock:
                     for i in missing:
-                        if found[i]:
-                            cache.put(keys[i], versions[i], out[i], cached_payloads[i])
+                        if found[i]:  # the caller's hits own `payloads`: the cache keeps its own copy
+                            cache.put(keys[i], versions[i], out[i],
+                                      cached_payloads[i] if payloads is None else dict(cached_payloads[i]))
         return out, cached_payloads, found, versions
 
     def _request(self, r: SearchRequest, limit: int, hnsw_ef: int | None, with_payload: bool = True) -> Any:

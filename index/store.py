@@ -51,7 +51,8 @@ class SearchRequest:
 class HitArrays:
     """One query's hits laid out for vectorised scoring (`VectorStore.search_batch_arrays`): the hits
     `search(..., with_vectors=True)` returns, in the same order, as parallel lists and one matrix of their
-    `using` vectors. A hit whose vector can no longer be read (deleted since the search) is left out."""
+    `using` vectors. A hit whose vector can no longer be read (deleted since the search) is left out.
+    `payloads` may be shared with the backend's hit cache (index.edge): read them, copy before changing."""
 
     item_ids: list[str]
     scores: np.ndarray  # (n,) float64, the index's similarity

@@ -140,6 +140,16 @@ def test_specs_route_and_fail_clearly(tiny_dir, tiny_cache, tmp_path):
         load_text_encoder(str(tmp_path / "missing") + ":onnx", reuse=False)
 
 
+def test_int8_queries_do_not_depend_on_their_batch(tiny_dir, tiny_cache):
+    """Dynamic int8 scales activations per call: passages may move with their batch-mates, but a query is
+    encoded alone, so a /search answer never depends on concurrent queries."""
+    enc = load_text_encoder(f"{tiny_dir}:onnx-int8", cache_dir=tiny_cache, reuse=False)
+    texts = ["banana", "केला", "a much longer query about red waterproof hiking boots for winter", "Gummistiefel"]
+    together = enc.encode(texts, kind="query")
+    alone = np.concatenate([enc.encode([t], kind="query") for t in texts])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------- the real models
 
 
@@ -336,6 +346,11 @@ def test_default_image_encoder_is_onnx_fp32_and_shares_torch_adapters():
     assert type(torch_enc) is EfficientNetLiteEncoder and torch_enc.weights_name == torch_enc.name
     int8 = load_image_encoder("efficientnet-lite0:onnx-int8")
     assert int8.weights_name == "efficientnet-lite0:onnx-int8"  # its features are not torch's
+    assert load_image_encoder("efficientnet-lite0:ONNX").name == default.name  # suffixes ignore case, as text's
+    from encoders.image import ModelUnavailableError
+
+    with pytest.raises(ModelUnavailableError, match="lite0:onnx-fp16"):  # an unknown suffix: one line
+        load_image_encoder("efficientnet-lite0:onnx-fp16")
     use = load_text_encoder("use-m3")
     rng = np.random.default_rng(0)
     adapter = train_adapter(rng.normal(size=(8, 1280)).astype(np.float32), np.arange(8),

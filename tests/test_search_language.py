@@ -96,11 +96,46 @@ def test_language_fair_scores():
         LanguageRankConfig(top=0)
 
 
-def test_off_by_default_plain_similarity():
-    """A service opened without it ranks by plain similarity: the CSLS-style correction can demote a
+def test_off_by_default_plain_similarity(shop):
+    """Without the opt-in the ordering is plain similarity: the CSLS-style correction can demote a
     translation whose language has several close listings, so it is the operator's choice."""
+    from index import SearchRequest
     from mmrec.serving.api.dependencies import Services
-    from mmrec.serving.language_rank import LanguageRankConfig
+    from mmrec.serving.language_rank import LanguageRankConfig, search_groups
 
-    assert LanguageRankConfig().enabled is False
-    assert Services.__dataclass_fields__["language_rank"].default_factory().enabled is False
+    _, services, queries = shop
+    assert Services.__dataclass_fields__["language_rank"].default_factory() == LanguageRankConfig()
+    for q in list(queries.values())[:5]:
+        vector = services.catalog.embed_queries([q])[0]
+        off = search_groups(services.catalog.store, [SearchRequest(vector, using="fused", k=10)], LanguageRankConfig())[0]
+        on = search_groups(services.catalog.store, [SearchRequest(vector, using="fused", k=10)],
+                           LanguageRankConfig(enabled=True))[0]
+        assert [g.hits[0].item_id for g in off] == [g.hits[0].item_id for g in _plain(services, q, 10)]
+        assert len(on) == 10
+
+
+
+def test_products_with_many_listings_still_fill_the_page(tmp_path):
+    """A product listed many times near the query does not shrink the page: the re-scored pool grows until
+    k products are found (as the store's grouped search does), and a k beyond the pool is no error."""
+    from index import CollectionSchema, Point, SearchRequest, open_store
+    from mmrec.serving.language_rank import LanguageRankConfig, search_groups
+
+    rng = np.random.default_rng(0)
+    base = np.eye(4)
+    points = [Point(f"p0-{j}", {"fused": base[0] + 0.01 * rng.normal(size=4)}, {"product_id": "p0", "language": "en"})
+              for j in range(60)]
+    points += [Point(f"p{n}", {"fused": base[0] + 0.5 * n * base[n]}, {"product_id": f"p{n}", "language": "en"})
+               for n in (1, 2, 3)]
+    store = open_store("edge", path=tmp_path / "s", schema=CollectionSchema(text_dim=4, image_dim=4, fused_dim=4))
+    try:
+        store.upsert(points)
+        request = SearchRequest(base[0], using="fused", k=4)
+        config = LanguageRankConfig(enabled=True, pool=8)
+        fair = search_groups(store, [request], config)[0]
+        assert [g.key for g in fair] == ["p0", "p1", "p2", "p3"]
+        assert [g.key for g in fair] == [g.key for g in store.search_groups_batch([request])[0]]
+        wide = search_groups(store, [SearchRequest(base[0], using="fused", k=5000)], config)[0]
+        assert len(wide) == 4
+    finally:
+        store.close()

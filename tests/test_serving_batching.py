@@ -82,9 +82,17 @@ def test_edge_hit_vectors_are_never_stale(tmp_path):
         base = np.eye(8)
         store.upsert([Point(f"i{i}", {"fused": base[i] + 0.1}, {"product_id": f"p{i}"}) for i in range(8)])
         q = base[0] + 0.1
-        first = {h.item_id: h.vectors["fused"] for h in store.search(q, k=8, with_vectors=True)}
+        first_hits = store.search(q, k=8, with_vectors=True)
+        first = {h.item_id: h.vectors["fused"] for h in first_hits}
+        for h in first_hits:  # the caller's hits own their payloads: changing one leaves the cache alone
+            h.payload["product_id"] = "changed by a caller"
         again = {h.item_id: h.vectors["fused"] for h in store.search(q, k=8, with_vectors=True)}
         assert all(np.array_equal(first[i], again[i]) for i in first)
+        cached = store.search_batch_arrays([SearchRequest(q, k=8)])[0]
+        assert all(p["product_id"] == f"p{i[1:]}" for i, p in zip(cached.item_ids, cached.payloads))
+        store.upsert([Point("i2", {"fused": base[2] + 0.1}, {"product_id": "p2", "title": "renamed"})])
+        cached = store.search_batch_arrays([SearchRequest(q, k=8)])[0]  # same vector, new payload: a new version
+        assert cached.payloads[cached.item_ids.index("i2")].get("title") == "renamed"
         moved = base[0] - base[3]
         store.upsert([Point("i3", {"fused": moved}, {"product_id": "p3"})])
         store.delete(["i5"])

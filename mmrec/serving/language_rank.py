@@ -22,6 +22,10 @@ from typing import Any
 import numpy as np
 
 from index import Group, Hit, SearchRequest, VectorStore
+from index.store import MAX_K
+
+
+FETCH_CAP = 4096  # listings re-scored per query at most, however many listings its products have
 
 
 @dataclass
@@ -84,11 +88,23 @@ def rank_groups(hits: Sequence[Hit], k: int, config: LanguageRankConfig) -> list
 def search_groups(store: VectorStore, requests: Sequence[SearchRequest],
                   config: LanguageRankConfig | None = None) -> list[list[Group]]:
     """`store.search_groups_batch(requests)` (by product, one hit each) with language-fair ordering: one
-    batched search for `max(pool, 4k)` listings per query, re-scored by `rank_groups`. Disabled: exactly
+    batched search for `max(pool, 4k)` listings per query, re-scored by `rank_groups` (4x more, up to
+    FETCH_CAP, for a query whose listings cover fewer than k products). Disabled: exactly
     `search_groups_batch`."""
     config = config or LanguageRankConfig()
     if not config.enabled or not requests:
         return store.search_groups_batch(requests, group_by=config.group_by)
-    wide = [SearchRequest(r.vector, using=r.using, k=max(config.pool, 4 * r.k), filter=r.filter, exact=r.exact,
-                          hnsw_ef=r.hnsw_ef) for r in requests]
-    return [rank_groups(hits, r.k, config) for hits, r in zip(store.search_batch(wide), requests)]
+    out: list[list[Group]] = [[] for _ in requests]
+    limits = [min(max(config.pool, 4 * r.k), MAX_K) for r in requests]  # MAX_K: the most a search returns
+    todo = list(range(len(requests)))
+    while todo:  # a query whose listings fill fewer than k products (many listings each) fetches more
+        wide = [SearchRequest(requests[i].vector, using=requests[i].using, k=limits[i], filter=requests[i].filter,
+                              exact=requests[i].exact, hnsw_ef=requests[i].hnsw_ef) for i in todo]
+        again = []
+        for i, hits in zip(todo, store.search_batch(wide)):
+            out[i] = rank_groups(hits, requests[i].k, config)
+            if len(out[i]) < requests[i].k and len(hits) >= limits[i] and limits[i] < FETCH_CAP:
+                limits[i] = min(4 * limits[i], FETCH_CAP)
+                again.append(i)
+        todo = again
+    return out
