@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from mmrec.commands import repeat_purchases_setting
 from mmrec.errors import UserError
 
 PROTOCOLS = ("loo", "temporal", "cold", "cross-market", "next-basket")
@@ -90,13 +91,6 @@ def known_item_events(events: Any, items: Any) -> Any:
               f"e.g. {', '.join(map(repr, missing[:3]))}")
         events = events.select(np.flatnonzero(keep))
     return events
-
-
-def repeat_setting(args: argparse.Namespace, ds: Any) -> bool:
-    """--repeat-purchases on/off, or the dataset's own setting (on for grocery)."""
-    if args.repeat_purchases != "auto":
-        return args.repeat_purchases == "on"
-    return bool(getattr(ds, "meta", {}).get("repeat_purchases", False))
 
 
 def _parse_ints(text: str, what: str) -> tuple[int, ...]:
@@ -168,7 +162,7 @@ def _model(name: str, args: argparse.Namespace, vectors: np.ndarray | None, ds: 
         if args.mmrec_checkpoint:
             return _Checkpoint(_load_checkpoint(args, vectors, split, products))
         return FusionRecommender(vectors, FusionConfig(content_dim=vectors.shape[1],
-                                                       repeat_purchases=repeat_setting(args, ds)),
+                                                       repeat_purchases=repeat_purchases_setting(args.repeat_purchases, getattr(ds, "meta", None))),
                                  TrainConfig(max_train_seconds=60 * args.mmrec_minutes, num_threads=args.threads,
                                              seed=args.seed, progress=False),
                                  item_ids=split.item_ids, item_market=split.item_market, item_products=products)

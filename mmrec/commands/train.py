@@ -31,7 +31,7 @@ import json
 import logging
 from pathlib import Path
 
-from mmrec.commands import parse_recipe
+from mmrec.commands import parse_recipe, repeat_purchases_setting
 from mmrec.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_data(args: argparse.Namespace):
+    """(items, events, the built-in dataset's meta or {} for files), events limited to catalog items."""
     from mmrec import datasets
     from mmrec.data.io import load_catalog, load_events
 
@@ -110,13 +111,16 @@ def _load_data(args: argparse.Namespace):
     if args.events_since is not None:
         if args.events:
             raise UserError("give --events or --events-since, not both")
-        items = datasets.load(args.dataset).items if args.dataset else load_catalog(args.items)[0]
+        ds = datasets.load(args.dataset) if args.dataset else None
+        items = ds.items if ds is not None else load_catalog(args.items)[0]
         events = _known_items_only(logged_events(_log_dir(args), args.events_since, args.context), items)
         if len(events) == 0:
             raise UserError(f"no logged events since {args.events_since} for items of the catalog")
-        return items, events
+        return items, events, ds.meta if ds is not None else {}
+    meta: dict = {}
     if args.dataset:
         ds = datasets.load(args.dataset)
+        meta = ds.meta
         items = ds.items
         events = ds.events
         if args.events:
@@ -134,7 +138,7 @@ def _load_data(args: argparse.Namespace):
     events = _known_items_only(events, items)
     if len(events) == 0:
         raise UserError("no events to train on")
-    return items, events
+    return items, events, meta
 
 
 def _log_dir(args: argparse.Namespace) -> Path:
@@ -248,17 +252,6 @@ def _seen_until(resumed: dict | None, split, train_end: int) -> int | None:
     return None if None in seen else max(s for s in seen if s is not None)
 
 
-def _repeat_purchases(args: argparse.Namespace) -> bool:
-    """--repeat-purchases on/off, or (auto) the built-in dataset's setting."""
-    if args.repeat_purchases != "auto":
-        return args.repeat_purchases == "on"
-    if not args.dataset:
-        return False
-    from mmrec import datasets
-
-    return bool(datasets.load(args.dataset).meta.get("repeat_purchases", False))
-
-
 def _shared_vectors(args: argparse.Namespace, items, ctx):
     """The item vectors, made once by rank 0 (a service data dir's store opens in one process only) and
     sent to the other ranks."""
@@ -289,7 +282,7 @@ def _train(args: argparse.Namespace, ctx) -> int:
         raise UserError("--events-since fine-tunes a checkpoint: give --resume CHECKPOINT")
     resumed = _resumed_extra(args)
     _resolve_vectors(args, resumed)
-    items, events = _load_data(args)
+    items, events, meta = _load_data(args)
     if args.text_fields and not args.vectors.startswith("text"):
         raise UserError("--text-fields applies to 'text:' vectors; a service data dir keeps its own recipe")
     vectors = _shared_vectors(args, items, ctx)
@@ -324,7 +317,8 @@ def _train(args: argparse.Namespace, ctx) -> int:
     else:
         cfg = FusionConfig(content_dim=vectors.dim, hidden=args.hidden, n_layers=args.layers, n_heads=args.heads,
                            max_len=args.max_len, dropout=args.dropout, id_dropout=args.id_dropout,
-                           use_ids=not args.no_ids, repeat_purchases=_repeat_purchases(args))
+                           use_ids=not args.no_ids,
+                           repeat_purchases=repeat_purchases_setting(args.repeat_purchases, meta))
         rec = FusionRecommender(aligned, cfg, tc, item_ids=split.item_ids, item_market=split.item_market,
                                 item_products=products, vectors_version=vectors.version)
     if not ctx.is_main:  # train alongside rank 0, which tests and saves
