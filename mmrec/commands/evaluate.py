@@ -128,7 +128,9 @@ def _split(ds: Any, args: argparse.Namespace):
         raise UserError(f"cannot build the {args.protocol} split of {ds.name}: {exc}") from None
 
 
-def _item_vectors(spec: str, ds: Any, item_ids: np.ndarray) -> np.ndarray:
+def _item_vectors(spec: str, ds: Any, item_ids: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """(the vectors aligned to `item_ids`, their vector space's version; None for an .npz, which names none):
+    a checkpoint is checked against the space, not the matrix."""
     path = Path(spec)
     if path.suffix == ".npz":
         if not path.exists():
@@ -140,18 +142,15 @@ def _item_vectors(spec: str, ds: Any, item_ids: np.ndarray) -> np.ndarray:
         missing = [x for x in item_ids if str(x) not in where]
         if missing:
             raise UserError(f"{len(missing)} items have no vector in {path}, e.g. {missing[:3]}")
-        return np.asarray(data["vectors"], dtype=np.float32)[[where[str(x)] for x in item_ids]]
+        return np.asarray(data["vectors"], dtype=np.float32)[[where[str(x)] for x in item_ids]], None
     from mmrec.model.vectors import catalog_vectors
 
     made = catalog_vectors(ds.items, spec)
-    _VECTOR_SPACE[spec] = made.version  # a checkpoint is checked against the space, not the matrix
-    return made.aligned(item_ids)
+    return made.aligned(item_ids), made.version
 
 
-_VECTOR_SPACE: dict[str, str] = {}
-
-
-def _model(name: str, args: argparse.Namespace, vectors: np.ndarray | None, ds: Any, split: Any):
+def _model(name: str, args: argparse.Namespace, vectors: np.ndarray | None, space: str | None, ds: Any,
+           split: Any):
     from evaluation.baselines import ContentKNN, ItemKNN, Popularity
 
     if name == "mmrec":
@@ -160,9 +159,9 @@ def _model(name: str, args: argparse.Namespace, vectors: np.ndarray | None, ds: 
         product_of = dict(zip(ds.items["item_id"], ds.items["product_id"]))
         products = np.asarray([product_of.get(str(i)) or i for i in split.item_ids], dtype=object)
         if args.mmrec_checkpoint:
-            return _Checkpoint(_load_checkpoint(args, vectors, split, products))
-        return FusionRecommender(vectors, FusionConfig(content_dim=vectors.shape[1],
-                                                       repeat_purchases=repeat_purchases_setting(args.repeat_purchases, getattr(ds, "meta", None))),
+            return _Checkpoint(_load_checkpoint(args, vectors, space, split, products))
+        repeat = repeat_purchases_setting(args.repeat_purchases, getattr(ds, "meta", None))
+        return FusionRecommender(vectors, FusionConfig(content_dim=vectors.shape[1], repeat_purchases=repeat),
                                  TrainConfig(max_train_seconds=60 * args.mmrec_minutes, num_threads=args.threads,
                                              seed=args.seed, progress=False),
                                  item_ids=split.item_ids, item_market=split.item_market, item_products=products)
@@ -210,7 +209,8 @@ def _load(args: argparse.Namespace) -> Any:
     return SimpleNamespace(name=Path(args.items).stem, items=items, events=events, meta={})
 
 
-def _load_checkpoint(args: argparse.Namespace, vectors: np.ndarray, split: Any, products: np.ndarray):
+def _load_checkpoint(args: argparse.Namespace, vectors: np.ndarray, space: str | None, split: Any,
+                     products: np.ndarray):
     """A trained checkpoint over this split's items, refused when it may have seen the test period."""
     from mmrec.model import FusionRecommender
     from mmrec.model.checkpoint import load_checkpoint
@@ -230,7 +230,7 @@ def _load_checkpoint(args: argparse.Namespace, vectors: np.ndarray, split: Any, 
     if spec and str(spec).split(":")[0] != str(args.item_vectors).split(":")[0]:
         raise UserError(f"{path} was trained on {spec} vectors; evaluate it with --item-vectors {spec}")
     rec = FusionRecommender.load(path, vectors, item_ids=split.item_ids, item_market=split.item_market,
-                                 item_products=products, vectors_version=_VECTOR_SPACE.get(args.item_vectors))
+                                 item_products=products, vectors_version=space)
     rec.train_config.num_threads = args.threads
     return rec
 
@@ -279,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{ds.name} / {args.protocol}: " + ", ".join(f"{k}={v}" for k, v in split.describe().items()
                                                      if not k.startswith("param.")))
     needs_vectors = {"contentknn", "mmrec"} & set(names)
-    vectors = _item_vectors(args.item_vectors, ds, split.item_ids) if needs_vectors else None
+    vectors, space = _item_vectors(args.item_vectors, ds, split.item_ids) if needs_vectors else (None, None)
     segments = {}
     lang = _language_segment(ds, split)
     if lang is not None:
@@ -287,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     results, models = {}, {}
     next_basket = args.protocol == "next-basket"
     for name in names:
-        model = _model(name, args, vectors, ds, split)
+        model = _model(name, args, vectors, space, ds, split)
         print(f"fitting and evaluating {name} ...", flush=True)
         results[name] = evaluate(model, split, ks, item_vectors=vectors, segments=segments,
                                  exclude_seen=not next_basket)
