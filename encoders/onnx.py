@@ -146,14 +146,45 @@ def quantize_int8(src: Path, dst: Path, *, per_channel: bool) -> Path:
         root.setLevel(level)
 
 
-def model_file(folder: Path, precision: str, export: Any, *, per_channel: bool) -> Path:
-    """`folder/model.onnx` (exported by `export(path)` if missing) or its int8 twin (quantised if missing)."""
+SOURCE_FILE = "source.json"  # in each export folder: the model it was exported from
+
+
+def _source_of(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / SOURCE_FILE).read_text())["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def drop_stale_exports(folder: Path, source: Path) -> list[Path]:
+    """Remove the other export folders of the same source model (the same resolved path): exports of weights
+    since rewritten (re-tuned) or of an older onnxruntime / recipe. Why: each e5 export is ~590 MB and a
+    re-tuned model would otherwise leave one behind every time. Folders without a source record (made
+    before it existed) or of another source are left alone. Returns what was removed."""
+    import shutil
+
+    mine = str(source.resolve())
+    stale = [p for p in folder.parent.iterdir()
+             if p != folder and p.is_dir() and not p.name.startswith(".") and _source_of(p) == mine]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+        log.info("removed the stale ONNX export %s", p.name)
+    return stale
+
+
+def model_file(folder: Path, precision: str, export: Any, *, per_channel: bool, source: Path | None = None) -> Path:
+    """`folder/model.onnx` (exported by `export(path)` if missing) or its int8 twin (quantised if missing).
+    `source`: the model exported; recorded in the folder, and its older exports are removed after a new one."""
     fp32 = folder / "model.onnx"
     if not fp32.exists():
         log.info("exporting %s to ONNX (once; cached)", folder.name)
         with warnings.catch_warnings():  # the TorchScript exporter's tracer and deprecation notes, every time
             warnings.simplefilter("ignore")
             _write_atomic(fp32, export)
+        if source is not None:
+            _write_atomic(folder / SOURCE_FILE,
+                          lambda tmp: tmp.write_text(json.dumps({"source": str(source.resolve())})))
+            drop_stale_exports(folder, source)
     if precision == "fp32":
         return fp32
     int8 = folder / "model-int8.onnx"
@@ -261,7 +292,7 @@ class OnnxTextEncoder:
         self.sort_by_length = sort_by_length
         folder = export_dir(name or self.path.name, self.path, cache_dir)
         self.model_file = model_file(folder, precision, lambda tmp: export_text_model(self.path, tmp),
-                                      per_channel=True)
+                                      per_channel=True, source=self.path)
         self.threads = int(threads or default_threads())
         self.session = make_session(self.model_file, self.threads)
         self.dim = int(config.get("hidden_size") or self.session.get_outputs()[0].shape[-1])

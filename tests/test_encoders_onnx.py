@@ -87,7 +87,7 @@ def test_tiny_export_is_cached_and_keyed_by_the_source(tiny_dir, tiny_cache, mon
 
     first = onnx_mod.OnnxTextEncoder(tiny_dir, precision="int8", cache_dir=tiny_cache)
     folder = first.model_file.parent
-    assert sorted(p.name for p in folder.iterdir()) == ["model-int8.onnx", "model.onnx"]  # no temp files left
+    assert sorted(p.name for p in folder.iterdir()) == ["model-int8.onnx", "model.onnx", "source.json"]  # no temp files
     stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
 
     def no_export(*args, **kwargs):
@@ -103,6 +103,25 @@ def test_tiny_export_is_cached_and_keyed_by_the_source(tiny_dir, tiny_cache, mon
     weights = tiny_dir / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000_000))
     assert onnx_mod.export_dir("tiny-e5", tiny_dir, tiny_cache) != folder
+
+
+def test_a_new_export_removes_the_stale_ones_of_its_source(tiny_dir, tiny_cache, tmp_path):
+    """Re-tuning into the same directory exports anew and removes the old export (hundreds of MB for e5);
+    exports of another source, and folders without a source record, stay."""
+    import shutil
+
+    from encoders.onnx import OnnxTextEncoder
+
+    other_dir = shutil.copytree(tiny_dir, tmp_path / "other-e5")
+    other = OnnxTextEncoder(other_dir, cache_dir=tiny_cache).model_file.parent
+    old = OnnxTextEncoder(tiny_dir, cache_dir=tiny_cache).model_file.parent
+    legacy = tiny_cache / "onnx" / "tiny-e5-000000000000"
+    legacy.mkdir()
+    weights = tiny_dir / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 2_000_000_000))
+    new = OnnxTextEncoder(tiny_dir, cache_dir=tiny_cache).model_file.parent
+    assert new != old and new.exists() and not old.exists()
+    assert other.exists() and legacy.exists()
 
 
 def test_threads_are_fixed_per_session(tiny_dir, tiny_cache):
