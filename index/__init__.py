@@ -22,6 +22,7 @@ from index.errors import (
     UnknownItemError,
 )
 from index.filters import Filter
+from index.row_cache import VersionedRows
 from index.schema import PAYLOAD_INDEXES, VECTOR_NAMES, CollectionSchema, Group, Hit, Point, point_id
 from index.store import RECOMMEND_STRATEGIES, HitArrays, SearchRequest, VectorStore
 
@@ -74,6 +75,7 @@ def _options(cls: type, options: dict[str, Any]) -> Any:
 
 __all__ = [
     "open_store", "VectorStore", "SearchRequest", "HitArrays", "CollectionSchema", "Filter", "Point", "Hit", "Group", "point_id",
+    "VersionedRows",
     "VECTOR_NAMES", "PAYLOAD_INDEXES", "RECOMMEND_STRATEGIES", "STORE_KINDS",
     "StoreError", "DimensionError", "PayloadError", "SchemaError", "StoreLockedError", "UnknownItemError",
 ]

@@ -22,6 +22,7 @@ import numpy as np
 
 from index.errors import SchemaError, StoreError, StoreLockedError
 from index.filters import Filter
+from index.row_cache import VersionedRows
 from index.schema import HNSW_PAYLOAD_FIELDS, PAYLOAD_INDEXES, CollectionSchema, Group, Hit, Point, point_id
 from index.store import HitArrays, SearchRequest, VectorStore, average_vector_query, group_hits
 
@@ -90,7 +91,7 @@ class EdgeStore(VectorStore):
         self._lock = threading.RLock()
         # vector name -> rows of hit vectors by item id and point version: searches that return vectors (the
         # two-stage ranker's 200 candidates) read them from here instead of converting 200 x D floats per query
-        self._vectors: dict[str, _HitCache] = {}
+        self._vectors: dict[str, VersionedRows] = {}
         self._vectors_lock = threading.Lock()
         self._shard: Any = None
         self.schema = self._resolve_schema(schema)
@@ -273,9 +274,14 @@ class EdgeStore(VectorStore):
         with self._vectors_lock:
             cache = self._vectors.get(using)
             if cache is None and capacity:
-                cache = self._vectors[using] = _HitCache(dim, capacity)
+                cache = self._vectors[using] = VersionedRows(dim, capacity)
             if cache is not None:
-                cache.read(keys, versions, out, found, cached_payloads)
+                at, rows = cache.find(keys, versions)
+                out[at] = cache.matrix[rows]
+                found[at] = True
+                tags = cache.tags
+                for i, row in zip(at.tolist(), rows.tolist()):
+                    cached_payloads[i] = tags[row]
         if payloads is not None:
             cached_payloads = payloads
         missing = np.flatnonzero(~found).tolist()
@@ -465,50 +471,3 @@ def edge_filter(f: Filter | None, exclude: list[str] | None = None) -> Any:
         return None
     return qe.Filter(must=must or None, must_not=must_not or None)
 
-
-class _HitCache:
-    """One named vector's cached hits: vectors as rows of one float32 matrix, and payloads, keyed by point
-    id and stamped with the point version they were read at. Reading 200 candidates is then 200 dict
-    lookups and one gather instead of converting 200 vectors and payloads; when full, the oldest rows are
-    reused first (a ring). Payloads are shared between readers: read-only."""
-
-    def __init__(self, dim: int, capacity: int) -> None:
-        self.capacity = capacity
-        self.matrix = np.empty((min(capacity, 4096), dim), dtype=np.float32)
-        self.rows: dict[Any, tuple[int, int, Any]] = {}  # point id -> (version, row, payload)
-        self.owner: list[Any] = []  # row -> point id
-        self.next = 0  # the row to reuse once full
-
-    def read(self, keys: list[Any], versions: list[int], out: np.ndarray, found: np.ndarray,
-             payloads: list[Any]) -> None:
-        """Copy the cached rows of these hits (at their versions) into `out` and their payloads into
-        `payloads`, marking them in `found`."""
-        get = self.rows.get
-        at, rows = [], []
-        for i, (key, version) in enumerate(zip(keys, versions)):
-            cached = get(key)
-            if cached is not None and cached[0] == version:
-                at.append(i)
-                rows.append(cached[1])
-                payloads[i] = cached[2]
-        if at:
-            out[at] = self.matrix[rows]
-            found[at] = True
-
-    def put(self, key: Any, version: int, vector: np.ndarray, payload: Any) -> None:
-        cached = self.rows.get(key)
-        if cached is not None:
-            row = cached[1]
-        elif len(self.owner) < self.capacity:
-            row = len(self.owner)
-            self.owner.append(key)
-            if row >= len(self.matrix):
-                grown = np.empty((min(2 * len(self.matrix), self.capacity), self.matrix.shape[1]), dtype=np.float32)
-                grown[: len(self.matrix)] = self.matrix
-                self.matrix = grown
-        else:
-            row, self.next = self.next, (self.next + 1) % self.capacity
-            del self.rows[self.owner[row]]
-            self.owner[row] = key
-        self.matrix[row] = vector
-        self.rows[key] = (version, row, payload)

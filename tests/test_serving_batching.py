@@ -112,18 +112,33 @@ def test_edge_hit_vectors_are_never_stale(tmp_path):
         store.close()
 
 
-def test_edge_hit_cache_reuses_its_oldest_rows():
-    """The cache's ring: when full, the oldest entry's row is reused, and a stale version is a miss."""
-    from index.edge import _HitCache
+def test_versioned_rows_reuse_their_oldest_rows():
+    """The cache's ring: when full, the oldest entry's row is reused, and another version is a miss."""
+    from index import VersionedRows
 
-    cache = _HitCache(dim=2, capacity=3)
+    cache = VersionedRows(dim=2, capacity=3)
     for n in range(5):
         cache.put(f"p{n}", 1, np.full(2, n, dtype=np.float32), {"n": n})
-    out, found, payloads = np.zeros((6, 2), np.float32), np.zeros(6, bool), [None] * 6
-    cache.read(["p0", "p1", "p2", "p3", "p4", "p4"], [1, 1, 1, 1, 1, 2], out, found, payloads)
-    assert found.tolist() == [False, False, True, True, True, False]
-    assert out[2:5, 0].tolist() == [2, 3, 4] and payloads[2:5] == [{"n": 2}, {"n": 3}, {"n": 4}]
-    assert len(cache.rows) == 3 and len(cache.matrix) >= 3
+    at, rows = cache.find(["p0", "p1", "p2", "p3", "p4", "p4"], [1, 1, 1, 1, 1, 2])
+    assert at.tolist() == [2, 3, 4]
+    assert cache.matrix[rows, 0].tolist() == [2, 3, 4] and [cache.tags[r] for r in rows] == [{"n": 2}, {"n": 3}, {"n": 4}]
+    assert len(cache) == 3 and len(cache.matrix) >= 3
+    cache.put("p4", 2, np.full(2, 9, dtype=np.float32), "new")  # rewritten point: its row is overwritten in place
+    at, rows = cache.find(["p4", "p4"], [1, 2])
+    assert at.tolist() == [1] and cache.matrix[rows, 0].tolist() == [9] and len(cache) == 3
+
+
+def test_versioned_rows_grow_up_to_their_capacity():
+    from index import VersionedRows
+
+    cache = VersionedRows(dim=3, capacity=5000)
+    for n in range(5000):
+        cache.put(n, n, np.full(3, n, dtype=np.float32))
+    at, rows = cache.find(list(range(5000)), list(range(5000)))
+    assert len(at) == 5000 and len(cache.matrix) == 5000
+    np.testing.assert_array_equal(cache.matrix[rows, 0], np.arange(5000))
+    with pytest.raises(ValueError):
+        VersionedRows(dim=0, capacity=1)
 
 
 # ------------------------------------------------------------------------------------------------------

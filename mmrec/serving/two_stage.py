@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from index import Filter, HitArrays, Point, SearchRequest, VectorStore
+from index import Filter, HitArrays, Point, SearchRequest, VectorStore, VersionedRows
 from mmrec.store.catalog_store import Recommendation, merge_filter
 from mmrec.model.transformer import FusionTransformer
 from mmrec.data.schema import Event
@@ -116,7 +116,7 @@ class TwoStageRecommender:
         self.ids_of = {str(x): k + 1 for k, x in enumerate(id_items)}
         self.id_key = id_key  # "product": all listings of a product share its ID row
         self.vectors_version = vectors_version
-        self._rows = _RowCache(model.cfg.hidden, TABLE_CACHE_ROWS)  # candidates' item_table rows by item + version
+        self._rows = VersionedRows(model.cfg.hidden, TABLE_CACHE_ROWS)  # candidates' item_table rows by item + version
         self._rows_lock = threading.Lock()
         if store.schema.vectors.get(self.config.using) != model.cfg.content_dim:
             raise ValueError(
@@ -351,7 +351,11 @@ class TwoStageRecommender:
         ids = np.empty(n, dtype=np.int64)
         found = np.zeros(n, dtype=bool)
         with self._rows_lock:
-            self._rows.read(item_ids, versions, table, ids, found)
+            at, rows = self._rows.find(item_ids, versions)
+            table[at] = self._rows.matrix[rows]
+            tags = self._rows.tags
+            ids[at] = [tags[r] for r in rows.tolist()]
+            found[at] = True
         missing = np.flatnonzero(~found)
         if len(missing):
             content, miss_ids, markets = self._item_codes([item_ids[i] for i in missing],
@@ -541,51 +545,3 @@ def load_ranker(path: str | Path, catalog: Any, config: ServingConfig | None = N
     refused if it was trained on vectors from another encoder setup than the catalog's."""
     return TwoStageRecommender.from_checkpoint(path, catalog.store, config=config, item_counts=item_counts,
                                                expect_vectors_version=catalog.encoder.space)
-
-
-class _RowCache:
-    """Rows derived from stored items (their `item_table` row and ID code), keyed by item id and stamped with
-    the point version they were computed at, so a re-upserted item is recomputed; a ring of `capacity`
-    rows, the oldest replaced first."""
-
-    def __init__(self, dim: int, capacity: int) -> None:
-        self.capacity = capacity
-        self.matrix = np.empty((min(capacity, 4096), dim), dtype=np.float32)
-        self.codes = np.empty(len(self.matrix), dtype=np.int64)
-        self.rows: dict[str, tuple[int, int]] = {}  # item id -> (version, row)
-        self.owner: list[str] = []
-        self.next = 0
-
-    def read(self, keys: Sequence[str], versions: np.ndarray, out: np.ndarray, codes: np.ndarray,
-             found: np.ndarray) -> None:
-        get = self.rows.get
-        at, rows = [], []
-        for i, (key, version) in enumerate(zip(keys, versions.tolist())):
-            cached = get(key)
-            if cached is not None and cached[0] == version:
-                at.append(i)
-                rows.append(cached[1])
-        if at:
-            out[at] = self.matrix[rows]
-            codes[at] = self.codes[rows]
-            found[at] = True
-
-    def put(self, key: str, version: int, row_values: np.ndarray, code: int) -> None:
-        cached = self.rows.get(key)
-        if cached is not None:
-            row = cached[1]
-        elif len(self.owner) < self.capacity:
-            row = len(self.owner)
-            self.owner.append(key)
-            if row >= len(self.matrix):
-                size = min(2 * len(self.matrix), self.capacity)
-                self.matrix = np.concatenate([self.matrix, np.empty((size - len(self.matrix), self.matrix.shape[1]),
-                                                                    dtype=np.float32)])
-                self.codes = np.concatenate([self.codes, np.empty(size - len(self.codes), dtype=np.int64)])
-        else:
-            row, self.next = self.next, (self.next + 1) % self.capacity
-            del self.rows[self.owner[row]]
-            self.owner[row] = key
-        self.matrix[row] = row_values
-        self.codes[row] = code
-        self.rows[key] = (version, row)
