@@ -277,7 +277,7 @@ def languages(paths: dict) -> dict:
         enc = p["encoder"].text_encoder
         if isinstance(enc, ConcatEncoder):  # parts cached on disk by version, as encoders_languages.py does
             enc = ConcatEncoder([(w, DiskCached(e, cache)) for w, e in enc.parts], stand_ins=enc.stand_ins,
-                                directions=enc.directions)
+                                directions=enc.directions, gates=enc.gates)
         start = time.perf_counter()
         vecs = embed_table(enc, sub, ("en", *langs))
         hits = np.full((len(held), len(langs)), np.nan)

@@ -16,6 +16,8 @@ language reach the default's tuning, its stand-in or its language directions), f
              other than English). "/search" (`mixed_gallery_top1_search`): the same galleries ranked as an
              unfiltered /search ranks them: the 200 best entries re-scored per language
              (mmrec/serving/language_rank.py; its `top` and `strength` chosen on hash fold 1, not this fold 0).
+Queries are embedded as queries (kind="query", as /search embeds them), galleries as listings (kind="passage"):
+frozen e5-small then reads its "query: " prompt, and the opt-in `e5-use-gated` space its query-side language gate.
 Embeddings are cached on disk by encoder version and text ($MMREC_CACHE/embeddings/bench-text.sqlite), so a
 rerun only embeds what changed.
 
@@ -132,7 +134,7 @@ def side_by_side(cache) -> tuple[dict, str]:
     """name -> encoder (parts disk-cached), and the name of today's default among them."""
     from encoders.text import ConcatEncoder
     from encoders.text import load_text_encoder as load_spec
-    from mmrec.embedding.text_model import load_text_encoder, previous_tuned_e5_dir
+    from mmrec.embedding.text_model import GATED_SPACE, load_text_encoder, previous_tuned_e5_dir
 
     default = load_text_encoder("default")
     use = DiskCached(load_spec("use-m3"), cache)
@@ -151,6 +153,10 @@ def side_by_side(cache) -> tuple[dict, str]:
         out["+ stand-in for unreadable texts"] = ConcatEncoder(parts, stand_ins=default.stand_ins)
     name = f"default: + {len(default.directions)} language directions out" if len(default.directions) else "default"
     out[name] = ConcatEncoder(parts, stand_ins=default.stand_ins, directions=default.directions)
+    gated = load_text_encoder(GATED_SPACE)  # the same parts (same versions: their cached vectors are shared)
+    out[f"{GATED_SPACE}: query language gate on USE, no directions"] = ConcatEncoder(
+        [(w, DiskCached(enc, cache)) for w, enc in gated.parts], stand_ins=gated.stand_ins,
+        directions=gated.directions, gates=gated.gates)
     return out, name
 
 
@@ -177,15 +183,16 @@ def _language_fair(sims: np.ndarray, languages: np.ndarray) -> np.ndarray:
     return out
 
 
-def _mixed_top1(vecs: dict[str, np.ndarray], q_lang: str, q_idx: np.ndarray,
+def _mixed_top1(queries: np.ndarray, vecs: dict[str, np.ndarray], q_lang: str, q_idx: np.ndarray,
                 gal_langs: tuple[str, ...], search: bool = False) -> tuple[float, float]:
     """(share of queries whose own English title outranks every gallery entry of every other product, share
     whose own product comes first in any language: the query text itself left out, as /search groups by
-    product). search: ranked as /search ranks (`_language_fair`) instead of by plain similarity."""
+    product). `queries`: the (Q, d) query vectors of products `q_idx` in `q_lang`; `vecs`: the gallery's.
+    search: ranked as /search ranks (`_language_fair`) instead of by plain similarity."""
     P = len(vecs["en"])
     gallery = np.concatenate([vecs[g] for g in gal_langs])              # row = language block * P + product
     owner = np.tile(np.arange(P), len(gal_langs))
-    sims = np.nan_to_num(vecs[q_lang][q_idx] @ gallery.T, nan=-np.inf)  # (Q, G)
+    sims = np.nan_to_num(queries @ gallery.T, nan=-np.inf)              # (Q, G)
     if q_lang in gal_langs:  # the query text itself is not a candidate (its product's own listing)
         sims[np.arange(len(q_idx)), gal_langs.index(q_lang) * P + q_idx] = -np.inf
     if search:
@@ -200,29 +207,35 @@ def measure(encoder, table: NameTable, held: np.ndarray) -> dict:
     """Every figure of one encoder (see the module docstring)."""
     queries = tuple(lang for lang in (*table.catalog, *table.outside) if lang != "en")
     full = tuple(dict.fromkeys(("en", *ISSUE_16, *table.catalog)))
-    texts = sorted({table.names[lang][i] for lang in queries for i in held if table.names[lang][i]}
-                   | {n for lang in full for n in table.names[lang] if n})
-    vecs_all = encoder.encode(texts)
-    row = {t: i for i, t in enumerate(texts)}
-    vecs = {}
-    for lang in (*queries, "en"):
-        v = np.full((len(table.pids), vecs_all.shape[1]), np.nan, np.float32)
-        have = [i for i, n in enumerate(table.names[lang]) if n is not None and n in row]
-        v[have] = vecs_all[[row[table.names[lang][i]] for i in have]]
-        vecs[lang] = v
+    def embed(langs: tuple[str, ...], rows, kind: str) -> dict[str, np.ndarray]:
+        """lang -> (P, d): the names of products `rows` embedded as `kind` (NaN rows elsewhere)."""
+        texts = sorted({table.names[lang][i] for lang in langs for i in rows if table.names[lang][i]})
+        vecs_all = encoder.encode(texts, kind=kind)
+        row = {t: i for i, t in enumerate(texts)}
+        out = {}
+        for lang in langs:
+            v = np.full((len(table.pids), vecs_all.shape[1]), np.nan, np.float32)
+            have = [i for i in rows if table.names[lang][i] is not None]
+            v[have] = vecs_all[[row[table.names[lang][i]] for i in have]]
+            out[lang] = v
+        return out
+
+    # queries embedded as queries (as /search embeds them), galleries as catalog listings
+    query = embed(queries, held, "query")
+    vecs = embed(full, range(len(table.pids)), "passage")
     per = {}
     for lang in queries:
         q_idx = np.array([i for i in held if table.names[lang][i] is not None])
-        res = {"queries": len(q_idx), "r1_to_en": float(_r1(vecs[lang][q_idx], vecs["en"], q_idx).mean())}
+        q = query[lang][q_idx]
+        res = {"queries": len(q_idx), "r1_to_en": float(_r1(q, vecs["en"], q_idx).mean())}
         if lang in ISSUE_16:
-            res["r1_to_others"] = float(np.mean([_r1(vecs[lang][q_idx], vecs[y], q_idx).mean()
-                                                 for y in ISSUE_16 if y != lang]))
-            res["mixed_top1"], res["mixed_product_first"] = _mixed_top1(vecs, lang, q_idx, ("en", *ISSUE_16))
-            res["mixed_top1_search"], _ = _mixed_top1(vecs, lang, q_idx, ("en", *ISSUE_16), search=True)
+            res["r1_to_others"] = float(np.mean([_r1(q, vecs[y], q_idx).mean() for y in ISSUE_16 if y != lang]))
+            res["mixed_top1"], res["mixed_product_first"] = _mixed_top1(q, vecs, lang, q_idx, ("en", *ISSUE_16))
+            res["mixed_top1_search"], _ = _mixed_top1(q, vecs, lang, q_idx, ("en", *ISSUE_16), search=True)
         if lang in table.catalog:
-            res["mixed_top1_catalog"], res["mixed_product_first_catalog"] = _mixed_top1(vecs, lang, q_idx,
+            res["mixed_top1_catalog"], res["mixed_product_first_catalog"] = _mixed_top1(q, vecs, lang, q_idx,
                                                                                         table.catalog)
-            res["mixed_top1_catalog_search"], _ = _mixed_top1(vecs, lang, q_idx, table.catalog, search=True)
+            res["mixed_top1_catalog_search"], _ = _mixed_top1(q, vecs, lang, q_idx, table.catalog, search=True)
         per[lang] = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}
 
     def mean(key: str, langs) -> float:

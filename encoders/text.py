@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from encoders.base import TextEncoder, TextEncoderError, check_texts, l2_normalize
-from encoders.languages import project_out, use_reads
+from encoders.languages import LanguageGate, project_out, use_reads
 
 
 class USEEncoder:
@@ -134,12 +134,18 @@ class ConcatEncoder:
     stand-in `stand_ins[i] = (j, W)`, part j's vector times W (`encoders.languages.fit_stand_in`): the text
     keeps a whole vector placed where its translations are, not a half vector that only resembles other
     unreadable texts. `directions` (k, dim): projected out of every vector (`encoders.languages.project_out`),
-    e.g. the directions that tell languages apart (`language_directions`).
+    e.g. the directions that tell languages apart (`language_directions`). A gate `gates[i]`
+    (`encoders.languages.LanguageGate`) sets part i's share of a QUERY (kind="query") from its detected
+    language: 1 keeps part i's reading, 0 leaves it out (no stand-in), in between a scaled share. Passages
+    (the gallery) keep one representation whatever the gate says: with part i's block of a query at zero,
+    the query ranks any gallery as the other parts alone would, while a gallery gated text by text mixes
+    half and whole vectors (measured far worse on held-out products: issue 19).
     """
 
     def __init__(self, parts: list[tuple[float, TextEncoder]], *,
                  stand_ins: dict[int, tuple[int, np.ndarray]] | None = None,
-                 directions: np.ndarray | None = None, name: str | None = None) -> None:
+                 directions: np.ndarray | None = None, gates: dict[int, LanguageGate] | None = None,
+                 name: str | None = None) -> None:
         total = sum(w for w, _ in parts)
         if total <= 0 or any(w < 0 for w, _ in parts):
             raise TextEncoderError("concatenation weights must be non-negative and not all zero")
@@ -150,6 +156,9 @@ class ConcatEncoder:
             if not (0 <= i < len(self.parts) and 0 <= j < len(self.parts) and i != j
                     and m.shape == (self.parts[j][1].dim, self.parts[i][1].dim)):
                 raise TextEncoderError(f"stand-in for part {i}: needs another part j and a (dim_j, dim_{i}) matrix")
+        self.gates = {int(i): g for i, g in (gates or {}).items()}
+        if any(not 0 <= i < len(self.parts) for i in self.gates):
+            raise TextEncoderError(f"gates for parts {sorted(self.gates)}: there are {len(self.parts)} parts")
         self.directions = (np.zeros((0, self.dim), np.float32) if directions is None
                            else np.asarray(directions, np.float32))
         if self.directions.ndim != 2 or self.directions.shape[1] != self.dim:
@@ -157,11 +166,15 @@ class ConcatEncoder:
         self.name = name or "+".join(f"{w:.2g}*{enc.name}" if len({round(x, 6) for x, _ in self.parts}) > 1
                                      else enc.name for w, enc in self.parts)
         self.version = "+".join(f"{w:.4f}*{getattr(enc, 'version', enc.name)}" for w, enc in self.parts)
-        if self.stand_ins or len(self.directions):
+        if self.stand_ins or len(self.directions) or self.gates:
             h = hashlib.sha256()
             for i, (j, m) in sorted(self.stand_ins.items()):
                 h.update(f"{i}<{j}".encode())
                 h.update(np.ascontiguousarray(m).tobytes())
+            for i, g in sorted(self.gates.items()):
+                h.update(f"gate{i}".encode())
+                for a in g.arrays().values():
+                    h.update(np.ascontiguousarray(a).tobytes())
             h.update(np.ascontiguousarray(self.directions).tobytes())
             self.version += f"|space:{h.hexdigest()[:12]}"
 
@@ -172,21 +185,35 @@ class ConcatEncoder:
 
     def encode(self, texts: Sequence[str], *, kind: str = "passage") -> np.ndarray:
         texts = check_texts(texts)
-        return self.combine(texts, [enc.encode(texts, kind=kind) for _, enc in self.parts])
+        return self.combine(texts, [enc.encode(texts, kind=kind) for _, enc in self.parts], kind=kind)
 
-    def combine(self, texts: Sequence[str], raw: Sequence[np.ndarray]) -> np.ndarray:
+    def share(self, i: int, texts: Sequence[str], kind: str = "passage") -> np.ndarray:
+        """(n,) part i's share of each text in [0, 1]: 0 where it cannot read the script (`unsupported`),
+        else, for queries, its gate's share for the text's detected language (1 without a gate)."""
+        share = np.ones(len(texts), np.float32)
+        if i in self.gates and kind == "query":
+            share = self.gates[i](texts).astype(np.float32)
+        check = getattr(self.parts[i][1], "unsupported", None)
+        if check is not None:
+            share[[r for r, t in enumerate(texts) if check(t)]] = 0.0
+        return share
+
+    def combine(self, texts: Sequence[str], raw: Sequence[np.ndarray], kind: str = "passage") -> np.ndarray:
         """The combined vectors of `texts` from each part's own vectors of them (`raw[i]`: part i's)."""
         blocks = []
         for i, (w, enc) in enumerate(self.parts):
             block = np.array(raw[i], np.float32)
-            check = getattr(enc, "unsupported", None)
-            rows = [r for r, t in enumerate(texts) if check(t)] if check is not None else []
-            if rows:  # a part that cannot read these texts: its stand-in's reading, else nothing (not noise)
-                if i in self.stand_ins:
+            share = self.share(i, texts, kind)
+            rows = np.flatnonzero(share < 1.0)
+            if len(rows):  # a part that cannot (fully) read these texts: its stand-in's reading, else less of it
+                keep = share[rows, None]
+                if i in self.stand_ins and not (kind == "query" and i in self.gates):
                     j, m = self.stand_ins[i]
-                    block[rows] = l2_normalize(raw[j][rows] @ m)
-                else:
-                    block[rows] = 0.0
+                    stand_in = l2_normalize(raw[j][rows] @ m)
+                    mixed = l2_normalize(keep * block[rows] + (1.0 - keep) * stand_in)
+                    block[rows] = np.where(keep > 0, mixed, stand_in)
+                else:  # a gated query: the unread share is left out, so the other parts alone rank the gallery
+                    block[rows] *= np.sqrt(keep)
             blocks.append(np.sqrt(w) * block)
         out = l2_normalize(np.concatenate(blocks, axis=1))
         return project_out(out, self.directions) if len(self.directions) else out
@@ -197,17 +224,22 @@ TEXT_SPACE_FILE = "text_space.json"
 
 def save_text_space(out_dir: str | Path, parts: list[tuple[float, str]], *,
                     stand_ins: dict[int, tuple[int, np.ndarray]] | None = None,
-                    directions: np.ndarray | None = None, info: dict | None = None) -> Path:
-    """Write a text space directory: encoder specs with weights, plus the stand-ins and projected-out
-    directions of their `ConcatEncoder`; `load_text_encoder(directory)` loads it as one encoder."""
+                    directions: np.ndarray | None = None, gates: dict[int, LanguageGate] | None = None,
+                    info: dict | None = None) -> Path:
+    """Write a text space directory: encoder specs with weights, plus the stand-ins, language gates and
+    projected-out directions of their `ConcatEncoder`; `load_text_encoder(directory)` loads it as one encoder."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     arrays = {f"stand_in_{i}": np.asarray(m, np.float32) for i, (_, m) in (stand_ins or {}).items()}
+    for i, gate in (gates or {}).items():
+        arrays.update({f"gate_{i}_{k}": a for k, a in gate.arrays().items()})
     if directions is not None:
         arrays["directions"] = np.asarray(directions, np.float32)
     np.savez(out_dir / "text_space.npz", **arrays)
     meta = {"parts": [[float(w), str(spec)] for w, spec in parts],
-            "stand_ins": {str(i): j for i, (j, _) in (stand_ins or {}).items()}, **(info or {})}
+            "stand_ins": {str(i): j for i, (j, _) in (stand_ins or {}).items()},
+            "gates": {str(i): {"languages": list(g.languages)} for i, g in (gates or {}).items()},
+            **(info or {})}
     (out_dir / TEXT_SPACE_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False))
     return out_dir
 
@@ -255,12 +287,15 @@ def load_text_space(path: str | Path, *, cache_dir: str | Path | None = None,
         meta = json.loads((path / TEXT_SPACE_FILE).read_text())
         with np.load(path / "text_space.npz") as arrays:
             stand_ins = {int(i): (int(j), arrays[f"stand_in_{i}"]) for i, j in meta.get("stand_ins", {}).items()}
+            gates = {int(i): LanguageGate(arrays[f"gate_{i}_log_prob"], arrays[f"gate_{i}_log_prior"],
+                                          arrays[f"gate_{i}_share"], g.get("languages", ()))
+                     for i, g in meta.get("gates", {}).items()}
             directions = arrays["directions"] if "directions" in arrays.files else None
         specs = [(float(w), str(spec)) for w, spec in meta["parts"]]
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise TextEncoderError(f"{path} is not a readable text space directory ({type(exc).__name__})") from None
     parts = [(w, load_text_encoder(with_backend(spec, backend), cache_dir=cache_dir)) for w, spec in specs]
-    return ConcatEncoder(parts, stand_ins=stand_ins, directions=directions, name=meta.get("name"))
+    return ConcatEncoder(parts, stand_ins=stand_ins, directions=directions, gates=gates, name=meta.get("name"))
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -145,3 +145,63 @@ def test_language_blocks_draw_pairs_that_share_their_languages():
         TextTuneConfig(language_blocks=1)
     with pytest.raises(ValueError, match="language of every text"):
         tune_text_encoder("/nonexistent", [["a", "b"], ["c", "d"]], "/nonexistent-out", TextTuneConfig(language_blocks=2))
+
+
+def test_language_gate_learns_languages_from_their_letters(tmp_path):
+    """The n-gram classifier behind a query's USE share tells Latin-script languages apart by their letters
+    and gives each text its language's share. Gated queries: a share of 0 leaves USE's block empty, so the
+    query ranks any gallery exactly as e5 alone does; passages are never gated (one gallery representation).
+    A saved space reloads the gate (same vectors, a version that tells gated from ungated)."""
+    from encoders.languages import fit_language_gate
+    from encoders.text import ConcatEncoder, load_text_encoder, save_text_space
+
+    words = {"de": ["Straße", "grüner Tee", "Schuhe", "Brötchen", "Größe", "Mütze", "schön", "Käse"],
+             "vi": ["đường phố", "trà xanh", "giày", "bánh mì", "kích thước", "mũ", "đẹp", "phô mai"],
+             "hu": ["utca", "zöld tea", "cipő", "zsemle", "méret", "sapka", "szép", "sajt"]}
+    texts = [w for ws in words.values() for w in ws]
+    langs = [lang for lang, ws in words.items() for _ in ws]
+    gate = fit_language_gate(texts, langs, {"de": 1.0, "vi": 0.0, "hu": 0.25})
+    assert gate.languages == ("de", "hu", "vi")
+    p = gate.probabilities(["Grüße", "phở bò", "szőlő"])
+    assert list(p.argmax(1)) == [0, 2, 1] and np.allclose(p.sum(1), 1, atol=1e-5)
+    share = gate(["Grüße", "phở bò", "szőlő"])
+    assert share[0] > 0.9 and share[1] < 0.1 and 0.15 < share[2] < 0.35
+
+    e5, use = load_text_encoder("e5-small"), load_text_encoder("use-m3")
+    plain = ConcatEncoder([(0.4, e5), (0.6, use)])
+    gated = ConcatEncoder([(0.4, e5), (0.6, use)], gates={1: gate})
+    gallery = ["rice noodle soup with beef", "green tea", "running shoes", "bread roll", "cheese", "hat"]
+    assert np.array_equal(gated.encode(gallery), plain.encode(gallery))  # passages: never gated
+    query = gated.encode(["phở bò", "Grüße"], kind="query")
+    assert np.allclose(query[0, e5.dim:], 0, atol=1e-3)  # Vietnamese: no USE
+    assert np.allclose(query[1], plain.encode(["Grüße"], kind="query")[0], atol=1e-3)  # German: USE kept
+    by_gated = query[0] @ gated.encode(gallery).T
+    by_e5 = e5.encode(["phở bò"], kind="query")[0] @ e5.encode(gallery).T
+    assert list(np.argsort(-by_gated)) == list(np.argsort(-by_e5))
+    assert np.allclose(by_gated, np.sqrt(0.4) * by_e5, atol=2e-3)  # e5 alone, scaled by its weight
+
+    saved = save_text_space(tmp_path / "gated", [(0.4, "e5-small"), (0.6, "use-m3")], gates={1: gate})
+    again = load_text_encoder(str(saved), reuse=False)
+    assert again.version == gated.version != plain.version
+    assert np.allclose(again.encode(["phở bò", "Grüße"], kind="query"), query, atol=1e-5)
+
+
+def test_the_use_gate_follows_use_s_own_reading_of_each_language():
+    """`fit_use_gate` (the opt-in e5-use-gated space): each language's share comes from USE's measured X -> en
+    R@1 there, so German (a USE language) keeps USE and Vietnamese (Latin script, not a USE language) loses
+    it; the default space's digest does not depend on the gate's settings (its cache stays valid)."""
+    import random
+
+    from encoders.text import load_text_encoder
+    from mmrec.data import cldr
+    from mmrec.embedding.text_model import GATED_CONFIG, TextSpaceConfig, fit_use_gate
+
+    names = cldr.names_by_emoji(["en", "de", "vi"])
+    by_emoji = dict(sorted((k, v) for k, v in names.items() if len(v) == 3)[:300])
+    config = TextSpaceConfig(language_gate=True, gate_emoji=300, gate_min_names=100)
+    gate = fit_use_gate(load_text_encoder("use-m3"), by_emoji, config, random.Random(0))
+    shares = dict(zip(gate.languages, gate.share.tolist()))
+    assert set(shares) == {"en", "de", "vi"} and shares["en"] == 1.0
+    assert shares["de"] > 0.8 and shares["vi"] < 0.2, shares
+    assert gate(["Regenschirm mit Griff"])[0] > 0.5 > gate(["ô che mưa"])[0]
+    assert TextSpaceConfig().digest() == TextSpaceConfig(gate_prior_boost=1.0).digest() != GATED_CONFIG.digest()

@@ -20,6 +20,9 @@ Spec language: everything `encoders.text.load_text_encoder` reads, plus
   e5-use-aligned:torch, e5-use-aligned:onnx, e5-use-aligned:onnx-int8
                    the same space with its e5 run by torch (the fp32 vectors it was fitted on), ONNX fp32
                    (torch's vectors, faster) or ONNX int8 (the default); `default:torch` etc. likewise
+  e5-use-gated     opt-in: the same parts, but USE's share of a QUERY follows the query's detected language
+                   (a character n-gram classifier; none where USE reads the language badly: Vietnamese,
+                   Hungarian, Hindi, ...) and no language directions are projected out (`:BACKEND` as above)
   e5-small-tuned   the tuned e5 alone, torch (usable inside combinations: "0.5*e5-small-tuned+0.5*use-m3";
                    `e5-small-tuned:onnx-int8` runs it with ONNX Runtime)
 The ONNX model is exported from the tuned e5 at first use into `$MMREC_CACHE/onnx/` (checked against torch,
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 
 TUNED = "e5-small-tuned"
 SPACE = "e5-use-aligned"  # the default text space: 0.4 x tuned e5 + 0.6 x USE, stand-ins, language directions out
+GATED_SPACE = "e5-use-gated"  # the same parts, USE gated by a query's language, no directions (opt-in: GATED_CONFIG)
 # Measured side by side with the previous default (0.4 x e5 tuned on the 14 languages + 0.6 x USE) on the
 # held-out products: bench/encoders_text.py (the 14 languages, "crosslingual") and bench/encoders_languages.py
 # (77 more CLDR languages, "languages_outside"), both in bench/results/encoders.json.
@@ -59,6 +63,7 @@ DEFAULT_TUNE = {"steps": 60}  # TextTuneConfig fields that differ from its defau
 TUNE_PREFIX = "passage: "  # e5's prefix; titles and queries are both embedded as passages after tuning
 _TUNED_TOKEN = re.compile(rf"(?<![\w./-]){re.escape(TUNED)}(?![\w./-])", re.IGNORECASE)
 _SPACE_TOKEN = re.compile(rf"(?<![\w./-]){re.escape(SPACE)}(?::([A-Za-z][\w-]*))?(?![\w./-])", re.IGNORECASE)
+_GATED_TOKEN = re.compile(rf"(?<![\w./-]){re.escape(GATED_SPACE)}(?::([A-Za-z][\w-]*))?(?![\w./-])", re.IGNORECASE)
 _DEFAULT_SPEC = re.compile(r"default(?::([A-Za-z][\w-]*))?", re.IGNORECASE)
 
 
@@ -170,9 +175,28 @@ class TextSpaceConfig:
     ridge: float = 1.0
     language_directions: int = 8  # 0: no language-bias removal
     seed: int = 0
+    # A query-side language gate on USE (`encoders.languages.LanguageGate`; off in the default space): a query's
+    # USE share follows its detected language and how well USE reads that language (R@1 X -> en on `gate_emoji`
+    # tuning emoji: none at `gate_low`, all from `gate_high`); classifier fit on CLDR names and keywords of the
+    # tuning emoji in languages naming at least `gate_min_names` of them.
+    language_gate: bool = False
+    gate_emoji: int = 600
+    gate_low: float = 0.3
+    gate_high: float = 0.5
+    gate_prior_boost: float = 4.0
+    gate_min_names: int = 800
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        fields = asdict(self)
+        if not self.language_gate:  # the gate's settings do not name a space that has no gate
+            fields = {k: v for k, v in fields.items() if k != "language_gate" and not k.startswith("gate_")}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+
+
+# The gated space (GATED_SPACE, opt-in): USE's share of a query follows the query's language, and no
+# language directions are projected out (with them a gated query no longer ranks as e5 alone; measured in
+# bench/encoders_languages.py, issue 19).
+GATED_CONFIG = TextSpaceConfig(language_directions=0, language_gate=True)
 
 
 def build_text_space(tuned_dir: str | Path, out: str | Path, config: TextSpaceConfig | None = None, *,
@@ -218,10 +242,48 @@ def build_text_space(tuned_dir: str | Path, out: str | Path, config: TextSpaceCo
     space = ConcatEncoder([(config.e5_weight, e5), (config.use_weight, use)], stand_ins={1: (0, stand_in)})
     combined = space.combine(texts, [x, use.encode(texts)])
     directions = language_directions(combined, langs, config.language_directions)
-    info = {"name": "default", "config": asdict(config), "texts": len(texts), "languages": len(set(langs)),
-            "fit_on": "CLDR names of emoji that are not held-out products"}
+    gates = {1: fit_use_gate(use, by_emoji, config, rng)} if config.language_gate else None
+    info = {"name": GATED_SPACE if config.language_gate else "default", "config": asdict(config), "texts": len(texts),
+            "languages": len(set(langs)), "fit_on": "CLDR names of emoji that are not held-out products"}
     return save_text_space(out, [(config.e5_weight, str(tuned_dir)), (config.use_weight, "use-m3")],
-                           stand_ins={1: (0, stand_in)}, directions=directions, info=info)
+                           stand_ins={1: (0, stand_in)}, directions=directions, gates=gates, info=info)
+
+
+def fit_use_gate(use: Any, by_emoji: dict[str, dict[str, str]], config: TextSpaceConfig, rng: Any) -> Any:
+    """USE's query gate (`encoders.languages.LanguageGate`): a character n-gram classifier fit on the CLDR names
+    and keywords of `by_emoji` (no held-out product) in every language naming enough of them, each language
+    weighted by USE's own X -> en R@1 on `config.gate_emoji` of those emoji (`reading_share`)."""
+    import numpy as np
+
+    from encoders.languages import fit_language_gate, reading_share
+    from mmrec.data import cldr
+
+    named_en = sorted(k for k, v in by_emoji.items() if "en" in v)
+    keys = rng.sample(named_en, min(config.gate_emoji, len(named_en)))
+    english = use.encode([by_emoji[k]["en"] for k in keys])
+    r1 = {"en": 1.0}
+    for lang in sorted({lang for k in keys for lang in by_emoji[k]} - {"en"}):
+        rows = np.array([i for i, k in enumerate(keys) if lang in by_emoji[k]])
+        if len(rows) < 50:
+            continue
+        sims = use.encode([by_emoji[keys[i]][lang] for i in rows]) @ english.T
+        own = sims[np.arange(len(rows)), rows].copy()
+        sims[np.arange(len(rows)), rows] = -np.inf
+        r1[lang] = float((own > sims.max(1)).mean())
+    named: dict[str, int] = {}
+    for names in by_emoji.values():
+        for lang in names:
+            named[lang] = named.get(lang, 0) + 1
+    texts, langs = [], []
+    for lang in sorted(lang for lang, n in named.items() if n >= config.gate_min_names):
+        keywords = cldr.load_annotations(lang).keywords
+        for key, names in sorted(by_emoji.items()):
+            if lang in names:
+                words = (names[lang], *keywords.get(key, ()))
+                texts += words
+                langs += [lang] * len(words)
+    share = {lang: reading_share(r, config.gate_low, config.gate_high) for lang, r in r1.items()}
+    return fit_language_gate(texts, langs, share, prior_boost=config.gate_prior_boost)
 
 
 def previous_tuned_e5_dir(*, progress: bool = True) -> Path:
@@ -239,10 +301,11 @@ def previous_tuned_e5_dir(*, progress: bool = True) -> Path:
     return path
 
 
-def text_space_dir(*, retrain: bool = False, progress: bool = True) -> Path:
-    """The default text space directory in the cache (built on first use, after the tuned e5 it uses)."""
+def text_space_dir(*, retrain: bool = False, progress: bool = True, config: TextSpaceConfig | None = None) -> Path:
+    """The default text space directory in the cache (built on first use, after the tuned e5 it uses);
+    `config`: another assembly of it (e.g. GATED_CONFIG)."""
     tuned = tuned_e5_dir(retrain=retrain, progress=progress)
-    config = TextSpaceConfig()
+    config = config or TextSpaceConfig()
     path = cache_dir("models") / f"text-space-{tuned.name}-{config.digest()}"
     if retrain or not (path / "text_space.json").exists():
         build_text_space(tuned, path, config, progress=progress)
@@ -258,7 +321,8 @@ def resolve_text_spec(spec: str) -> str:
     default = _DEFAULT_SPEC.fullmatch(spec)
     if default:  # default, default:torch, default:onnx, default:onnx-int8
         spec = DEFAULT_TEXT + (f":{default.group(1)}" if default.group(1) else "")
-    for token, build in ((_SPACE_TOKEN, text_space_dir), (_TUNED_TOKEN, tuned_e5_dir)):
+    for token, build in ((_SPACE_TOKEN, text_space_dir), (_GATED_TOKEN, lambda: text_space_dir(config=GATED_CONFIG)),
+                         (_TUNED_TOKEN, tuned_e5_dir)):
         if token.search(spec):
             try:
                 path = build()
@@ -271,7 +335,7 @@ def resolve_text_spec(spec: str) -> str:
 def _with_backend(path: str, match: re.Match) -> str:
     """The directory for a matched spec token: the space gets its backend suffix (DEFAULT_BACKEND when the
     spec names none; nothing for torch, the space as saved); the tuned e5 stays as written."""
-    if match.re is not _SPACE_TOKEN:
+    if match.re not in (_SPACE_TOKEN, _GATED_TOKEN):
         return path
     backend = (match.group(1) or DEFAULT_BACKEND).lower()
     if backend not in BACKENDS:
