@@ -215,7 +215,7 @@ def measure(encoder, table: NameTable, held: np.ndarray) -> dict:
         out = {}
         for lang in langs:
             v = np.full((len(table.pids), vecs_all.shape[1]), np.nan, np.float32)
-            have = [i for i in rows if table.names[lang][i] is not None]
+            have = [i for i in rows if table.names[lang][i]]  # the same names as `texts` (no empty ones)
             v[have] = vecs_all[[row[table.names[lang][i]] for i in have]]
             out[lang] = v
         return out

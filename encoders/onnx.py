@@ -146,35 +146,52 @@ def quantize_int8(src: Path, dst: Path, *, per_channel: bool) -> Path:
         root.setLevel(level)
 
 
-SOURCE_FILE = "source.json"  # in each export folder: the model it was exported from
+SOURCE_FILE = "source.json"  # in each export folder: what it was exported from (`_source_record`)
 
 
-def _source_of(folder: Path) -> str | None:
+def _source_record(source: Path) -> dict:
+    """The source model's resolved path and files (name, size, mtime), the export recipe and onnxruntime's
+    version: what an export folder was made from."""
+    import onnxruntime as ort
+
+    return {"source": str(source.resolve()), "files": _stamp(source), "export": EXPORT_VERSION,
+            "onnxruntime": ".".join(ort.__version__.split(".")[:2])}
+
+
+def _read_record(folder: Path) -> dict | None:
     try:
-        return json.loads((folder / SOURCE_FILE).read_text())["source"]
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads((folder / SOURCE_FILE).read_text())
+    except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
 
 
 def drop_stale_exports(folder: Path, source: Path) -> list[Path]:
-    """Remove the other export folders of the same source model (the same resolved path): exports of weights
-    since rewritten (re-tuned) or of an older onnxruntime / recipe. Why: each e5 export is ~590 MB and a
-    re-tuned model would otherwise leave one behind every time. Folders without a source record (made
-    before it existed) or of another source are left alone. Returns what was removed."""
+    """Remove the exports of `source` made from files since rewritten (a re-tune into the same directory): the
+    other folders whose record names the same source, export recipe and onnxruntime version but other files.
+    Why: each e5 export is ~590 MB, and a model re-tuned in place would otherwise leave one behind every time.
+    Exports for another onnxruntime or recipe (another environment sharing the cache may use them), of another
+    source, and folders without a record are left alone. Returns the folders removed."""
     import shutil
 
-    mine = str(source.resolve())
-    stale = [p for p in folder.parent.iterdir()
-             if p != folder and p.is_dir() and not p.name.startswith(".") and _source_of(p) == mine]
-    for p in stale:
+    mine = _source_record(source)
+    same = {k: mine[k] for k in ("source", "export", "onnxruntime")}
+    removed = []
+    for p in folder.parent.iterdir():
+        record = _read_record(p) if p != folder and p.is_dir() and not p.name.startswith(".") else None
+        if record is None or {k: record.get(k) for k in same} != same or record.get("files") == mine["files"]:
+            continue
         shutil.rmtree(p, ignore_errors=True)
-        log.info("removed the stale ONNX export %s", p.name)
-    return stale
+        if not p.exists():
+            removed.append(p)
+            log.info("removed the stale ONNX export %s", p.name)
+    return removed
 
 
 def model_file(folder: Path, precision: str, export: Any, *, per_channel: bool, source: Path | None = None) -> Path:
     """`folder/model.onnx` (exported by `export(path)` if missing) or its int8 twin (quantised if missing).
-    `source`: the model exported; recorded in the folder, and its older exports are removed after a new one."""
+    `source`: the model exported; recorded in the folder, and its exports from since-rewritten files are removed
+    after a new one (`drop_stale_exports`)."""
     fp32 = folder / "model.onnx"
     if not fp32.exists():
         log.info("exporting %s to ONNX (once; cached)", folder.name)
@@ -182,8 +199,8 @@ def model_file(folder: Path, precision: str, export: Any, *, per_channel: bool, 
             warnings.simplefilter("ignore")
             _write_atomic(fp32, export)
         if source is not None:
-            _write_atomic(folder / SOURCE_FILE,
-                          lambda tmp: tmp.write_text(json.dumps({"source": str(source.resolve())})))
+            record = json.dumps(_source_record(source))
+            _write_atomic(folder / SOURCE_FILE, lambda tmp: tmp.write_text(record))
             drop_stale_exports(folder, source)
     if precision == "fp32":
         return fp32

@@ -205,15 +205,12 @@ class ConcatEncoder:
             block = np.array(raw[i], np.float32)
             share = self.share(i, texts, kind)
             rows = np.flatnonzero(share < 1.0)
-            if len(rows):  # a part that cannot (fully) read these texts: its stand-in's reading, else less of it
-                keep = share[rows, None]
+            if len(rows):  # a part that cannot (fully) read these texts
                 if i in self.stand_ins and not (kind == "query" and i in self.gates):
-                    j, m = self.stand_ins[i]
-                    stand_in = l2_normalize(raw[j][rows] @ m)
-                    mixed = l2_normalize(keep * block[rows] + (1.0 - keep) * stand_in)
-                    block[rows] = np.where(keep > 0, mixed, stand_in)
-                else:  # a gated query: the unread share is left out, so the other parts alone rank the gallery
-                    block[rows] *= np.sqrt(keep)
+                    j, m = self.stand_ins[i]  # ungated, the share is 0 or 1: the stand-in's reading replaces it
+                    block[rows] = l2_normalize(raw[j][rows] @ m)
+                else:  # a gated query (or no stand-in): the unread share is left out, so the other parts rank
+                    block[rows] *= np.sqrt(share[rows, None])
             blocks.append(np.sqrt(w) * block)
         out = l2_normalize(np.concatenate(blocks, axis=1))
         return project_out(out, self.directions) if len(self.directions) else out

@@ -107,7 +107,7 @@ def test_tiny_export_is_cached_and_keyed_by_the_source(tiny_dir, tiny_cache, mon
 
 def test_a_new_export_removes_the_stale_ones_of_its_source(tiny_dir, tiny_cache, tmp_path):
     """Re-tuning into the same directory exports anew and removes the old export (hundreds of MB for e5);
-    exports of another source, and folders without a source record, stay."""
+    exports of another source or for another onnxruntime, and folders without a source record, stay."""
     import shutil
 
     from encoders.onnx import OnnxTextEncoder
@@ -117,11 +117,15 @@ def test_a_new_export_removes_the_stale_ones_of_its_source(tiny_dir, tiny_cache,
     old = OnnxTextEncoder(tiny_dir, cache_dir=tiny_cache).model_file.parent
     legacy = tiny_cache / "onnx" / "tiny-e5-000000000000"
     legacy.mkdir()
+    other_runtime = tiny_cache / "onnx" / "tiny-e5-111111111111"  # the same model exported by another onnxruntime
+    other_runtime.mkdir()
+    record = json.loads((old / "source.json").read_text())
+    (other_runtime / "source.json").write_text(json.dumps({**record, "onnxruntime": "0.1"}))
     weights = tiny_dir / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 2_000_000_000))
     new = OnnxTextEncoder(tiny_dir, cache_dir=tiny_cache).model_file.parent
     assert new != old and new.exists() and not old.exists()
-    assert other.exists() and legacy.exists()
+    assert other.exists() and legacy.exists() and other_runtime.exists()
 
 
 def test_threads_are_fixed_per_session(tiny_dir, tiny_cache):

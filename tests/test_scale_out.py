@@ -63,6 +63,22 @@ def test_ray_engine_refuses_other_outputs_in_one_line(tmp_path, capsys):
     assert "no `mmrec embed --engine ray` wrote" in capsys.readouterr().err
 
 
+def test_a_ray_worker_with_another_item_encoder_than_the_driver_refuses():
+    """Each Ray actor builds its item encoder on its own node: one whose space is not the driver's (e.g. a node
+    that tuned its own default e5, not bit-identical across machines) must not write under the driver's name."""
+    from mmrec.embedding.distributed import EmbedBatches
+    from mmrec.embedding.item_encoder import EncoderConfig
+    from mmrec.errors import UserError
+
+    config = EncoderConfig(text_encoder="use-m3", image_encoder=None)
+    ok = EmbedBatches(config, batch_size=8, threads=1, cache_dir=False, done=[])
+    try:
+        with pytest.raises(UserError, match="not the driver's"):
+            EmbedBatches(config, batch_size=8, threads=1, cache_dir=False, done=[], space=ok.encoder.space + "x")
+    finally:
+        ok.encoder.close()
+
+
 def _vectors(frame: pd.DataFrame, column: str) -> np.ndarray:
     return np.stack(frame[column].to_numpy()).astype(np.float64)
 

@@ -87,10 +87,16 @@ class EmbedBatches:
     the same rows with text/image/fused vectors and the content key, leaving out listings in `done`."""
 
     def __init__(self, config: EncoderConfig, batch_size: int, threads: int | None, cache_dir: Any,
-                 done: list[Any]) -> None:
+                 done: list[Any], space: str | None = None) -> None:
         import ray
 
         self.encoder = load_item_encoder(config, cache_dir=cache_dir, batch_size=batch_size, threads=threads)
+        if space is not None and self.encoder.space != space:
+            # A node that built its own default text space (the tuned e5 is not bit-identical across machines)
+            # would write vectors of another space under the driver's name: refuse instead.
+            self.encoder.close()
+            raise UserError(f"a Ray worker's item encoder is not the driver's ({self.encoder.space} vs {space}): "
+                            "give the workers the driver's $MMREC_CACHE/models (or pass a text space directory)")
         self.threads = threads
         self.done: set[str] = ray.get(done[0]) if done else set()
 
@@ -188,7 +194,7 @@ def embed_ray(catalog: Any, out: str | Path, config: EncoderConfig | None = None
             compute=ray.data.ActorPoolStrategy(size=ray_config.workers),
             num_cpus=ray_config.num_cpus, num_gpus=ray_config.num_gpus or None,
             fn_constructor_kwargs={"config": config, "batch_size": batch_size, "threads": threads,
-                                   "cache_dir": cache_dir, "done": [ray.put(done)]})
+                                   "cache_dir": cache_dir, "done": [ray.put(done)], "space": space["space"]})
         embedded.write_parquet(str(run_dir))
         seconds = time.perf_counter() - t0
         written = _rows_in(run_dir)
