@@ -109,10 +109,7 @@ def _stamp(path: Path) -> list:
 
 def export_dir(name: str, source: Path, cache_dir: str | Path | None = None) -> Path:
     """`<cache>/onnx/<name>-<key>`: the key covers the source files, the recipe and onnxruntime's version."""
-    import onnxruntime as ort
-
-    key = json.dumps({"source": str(source.resolve()), "files": _stamp(source), "export": EXPORT_VERSION,
-                      "onnxruntime": ".".join(ort.__version__.split(".")[:2])}, sort_keys=True)
+    key = json.dumps(_source_record(source), sort_keys=True)  # the same record the folder keeps in SOURCE_FILE
     slug = re.sub(r"[^A-Za-z0-9.+-]+", "_", name)[:60]
     return onnx_cache_root(cache_dir) / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
