@@ -8,9 +8,7 @@ content-based /recommend on the same data, and the same model service with micro
 
 Catalog: emoji-market (6,706 listings, 14 languages) + The Complete Journey's 92,331 grocery products =
 99,037 items, titles through use-m3 (text-only service: `--image-encoder none`), bulk-loaded into the
-service's embedded Qdrant store with an HNSW index. The service as shipped serves the model from a process
-of its own (`--model-process`, the default); the same model in the serving process (`--no-model-process`)
-and without micro-batching are measured in the same run. Model: a fusion transformer trained briefly on the
+service's embedded Qdrant store with an HNSW index. Model: a fusion transformer trained briefly on the
 emoji-market shopper SIMULATION over the same vectors; the grocery products are cold for it (content path).
 /recommend requests: ad-hoc histories (the last 10 events of simulated shoppers) with k=10, half of them with
 the shopper's market as a filter. /search requests: titles of random listings (any of the 15 languages),
@@ -135,20 +133,9 @@ def own_cpu_seconds() -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and of its live child processes (the model process of
-    `--model-process`), all their threads (Linux /proc)."""
-    total, parents = 0.0, {pid}
-    stats = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:  # gone meanwhile
-                pass
-    while parents:  # the process, then its children, their children...
-        total += sum((int(stats[p][11]) + int(stats[p][12])) for p in parents if p in stats)
-        parents = {p for p, f in stats.items() if int(f[1]) in parents}
-    return total / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(url: str, path: str, bodies: list[dict], concurrency: int, pid: int) -> dict:
@@ -261,30 +248,26 @@ def main() -> int:
     window = DEFAULT_WINDOW_MS if args.batch_window_ms is None else args.batch_window_ms
     batched = ("--batch-window-ms", str(window))
     results: dict = {}
-    in_process: dict = {}
     baseline: dict = {}
     batches: dict = {}
     runs = ((results, ("--model", str(ckpt), *batched), (("fusion_transformer", "/recommend", bodies),
                                                          ("search", "/search", queries))),
             (results, batched, (("content_based", "/recommend", bodies),)),
-            (in_process, ("--model", str(ckpt), *batched, "--no-model-process"),
-             (("fusion_transformer", "/recommend", bodies),)),
-            (baseline, ("--model", str(ckpt), "--no-model-process", "--batch-window-ms", "0"),
+            (baseline, ("--model", str(ckpt), "--batch-window-ms", "0"),
              (("fusion_transformer", "/recommend", bodies), ("search", "/search", queries))))
     for into, extra, measured in runs:
         proc, url = start(data, *extra)
         try:
             for label, path, reqs in measured:
                 into[label] = measure(url, path, reqs, args.concurrency, proc.pid)
-                print(label, " ".join(extra[2:]), into[label], flush=True)
+                print(label, " ".join(extra[-2:]), into[label], flush=True)
         finally:
             stop(proc)
         for line in proc.log_path.read_text().splitlines():  # type: ignore[attr-defined]
             found = re.search(r"([\w:]+) batcher: (\d+) requests in (\d+) batches", line)
             if found:  # warm-up + 1 client + N clients, per batcher
-                batches[f"{' '.join(extra[2:])} {found[1]}"] = {"requests": int(found[2]), "batches": int(found[3])}
+                batches[f"{' '.join(extra[-2:])} {found[1]}"] = {"requests": int(found[2]), "batches": int(found[3])}
     checks = {label: scaling(r, args.concurrency) for label, r in results.items()}
-    checks["in_process"] = {label: scaling(r, args.concurrency) for label, r in in_process.items()}
     checks["baseline_no_batching"] = {label: scaling(r, args.concurrency) for label, r in baseline.items()}
 
     out = {"benchmark": "recommend_latency", "items": n_points, "requests": len(bodies), "k": 10,
@@ -295,17 +278,14 @@ def main() -> int:
                    "per request is load_generator_cpu_ms_per_request); the model was "
                    "trained on the emoji-market shopper SIMULATION. Each measurement follows a warm-up pass over "
                    "the same requests. results: the service as shipped (micro-batching on, --batch-window-ms "
-                   "above, the model in a process of its own; content_based is not batched); in_process: the same "
-                   "with --no-model-process (the model in the serving process); baseline_no_batching: the model in "
-                   "process with --batch-window-ms 0, same run. server_cpu_ms_per_request counts the serving "
-                   "process and its children (the model process). checks: rps_ratio = rps(N clients) / rps(1), "
+                   "above; content_based is not batched); baseline_no_batching: the same model with "
+                   "--batch-window-ms 0, same run. checks: rps_ratio = rps(N clients) / rps(1), "
                    "p99_over_p50_1 = p99(N clients) / p50(1 client) (goals: >= 3 and <= 4). "
                    + ("The data dir and model were reused from an earlier run of this script (--work-dir): "
                       "embed_seconds / load_index_seconds are then the time to read them back. " if reuse else "")
                    + args.note,
            "reused_work_dir": reuse,
-           "results": results, "in_process": in_process, "baseline_no_batching": baseline, "checks": checks,
-           "batches": batches,
+           "results": results, "baseline_no_batching": baseline, "checks": checks, "batches": batches,
            "load_avg_start": load_start, "load_avg_end": os.getloadavg()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
@@ -314,8 +294,7 @@ def main() -> int:
     print(f"\nPOST /recommend and GET /search on {n_points:,} items, k=10, {len(bodies)} requests each")
     print(f"{'endpoint':<34}{'clients':>8}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'errors':>8}"
           f"{'rps ratio':>11}{'p99/p50(1)':>12}")
-    for prefix, block, check in (("", results, checks), ("in process: ", in_process, checks["in_process"]),
-                                 ("no batching: ", baseline, checks["baseline_no_batching"])):
+    for prefix, block, check in (("", results, checks), ("no batching: ", baseline, checks["baseline_no_batching"])):
         for label, r in block.items():
             for c, m in r.items():
                 extra = ""

@@ -270,87 +270,6 @@ def test_recommend_many_refuses_a_bad_request_before_running_any(world):
 
 
 # ------------------------------------------------------------------------------------------------------
-# the model in a process of its own (mmrec/serving/model_process.py)
-
-
-def test_model_process_answers_what_the_ranker_answers_in_process(world):
-    """A `RemoteRanker` (the model in a child process, reading the store through this one) gives the same
-    items, scores, reasons, explored flags and full payloads as the ranker in this process; with two
-    conversations, two batches at once; with exploration, each request's own draws from its seed."""
-    from mmrec.serving.exploration import ExplorationConfig
-    from mmrec.serving.model_process import RemoteRanker
-    from mmrec.serving.two_stage import ServingConfig, TwoStageRecommender
-
-    def counts(ids):
-        return np.zeros(len(ids)), np.zeros(len(ids))
-
-    config = ServingConfig(exploration=ExplorationConfig(enabled=True, max_share=0.5, new_below=10))
-    version = world["vectors"].version
-    local = TwoStageRecommender.from_checkpoint(world["ckpt"], world["store"], config=config, item_counts=counts,
-                                                expect_vectors_version=version)
-    remote = RemoteRanker(world["ckpt"], world["store"], config, item_counts=counts, expect_vectors_version=version)
-    try:
-        assert remote.parallel_batches == 2 and remote.config == config
-        requests = [replace(r, rng=np.random.default_rng(i)) for i, r in enumerate(_requests(world))]
-        want = local.recommend_many([replace(r, rng=np.random.default_rng(i)) for i, r in enumerate(requests)])
-        halves = (requests[::2], requests[1::2])
-        with ThreadPoolExecutor(2) as pool:  # both conversations at once, and again with warm caches
-            for _ in range(2):
-                got = list(pool.map(remote.recommend_many,
-                                    [[replace(r, rng=np.random.default_rng(requests.index(r))) for r in h] for h in halves]))
-                merged = [None] * len(requests)
-                merged[::2], merged[1::2] = got
-                _same_answers(merged, want)
-                for (recs, _), (recs1, _) in zip(merged, want):
-                    assert [r.payload for r in recs] == [r.payload for r in recs1]  # whole payloads, not the slim ones
-        assert any(x.explored for recs, _ in want for x in recs)
-        with pytest.raises(ValueError, match="request 0: k must be positive"):  # the model process's refusal
-            remote.recommend_many([replace(requests[0], k=0)])
-        assert remote.recommend_many(requests[:1])[0][0]  # and it serves the next batch
-    finally:
-        remote.close()
-    assert remote._process is None
-    from mmrec.serving.model_process import ModelProcessError
-
-    with pytest.raises(ModelProcessError, match="closed"):
-        remote.recommend_many(requests[:1])
-
-
-def test_model_process_ranks_an_item_upserted_after_it_started_and_survives_a_crash(world):
-    import os
-    import signal
-
-    from mmrec.serving.model_process import RemoteRanker
-    from mmrec.serving.two_stage import RecommendRequest
-
-    store = world["store"]
-    remote = RemoteRanker(world["ckpt"], store, expect_vectors_version=world["vectors"].version)
-    request = _requests(world, 2)[1]
-    try:
-        vector = np.asarray(world["vectors"].vectors[0], dtype=np.float32)
-        store.upsert([Point("brand-new", {"fused": vector}, {"product_id": "brand-new", "market": "DE",
-                                                             "category": "brand-new-shelf", "title": "new"})])
-        only_new = RecommendRequest(request.history, k=3, filter=Filter(categories="brand-new-shelf"))
-        [(recs, _)] = remote.recommend_many([only_new])
-        assert [r.item_id for r in recs] == ["brand-new"] and recs[0].payload["title"] == "new"
-        os.kill(remote._process.pid, signal.SIGKILL)  # the model process dies: the next batch starts it again
-        remote._process.join(30)
-        [(again, _)] = remote.recommend_many([only_new])
-        assert [r.item_id for r in again] == ["brand-new"]
-    finally:
-        store.delete(["brand-new"])
-        remote.close()
-
-
-def test_model_process_refuses_a_checkpoint_of_other_vectors(world):
-    from mmrec.errors import UserError
-    from mmrec.serving.model_process import RemoteRanker
-
-    with pytest.raises(UserError, match="vector space"):  # the same refusal as in process
-        RemoteRanker(world["ckpt"], world["store"], expect_vectors_version="some-other-encoder")
-
-
-# ------------------------------------------------------------------------------------------------------
 # MicroBatcher
 
 
@@ -395,25 +314,6 @@ def test_batcher_fails_only_the_bad_request_and_drains_on_close():
         batcher.submit(5)
 
 
-def test_batcher_with_two_workers_runs_two_batches_at_once():
-    from mmrec.serving.batching import BatchingConfig, MicroBatcher
-
-    both = threading.Barrier(2, timeout=30)  # each batch waits for the other to be running too
-
-    def run(batch: list[int]) -> list[int]:
-        both.wait()
-        return [x + 1 for x in batch]
-
-    batcher = MicroBatcher(run, BatchingConfig(window_ms=1, max_batch=1), name="test", workers=2)
-    try:
-        futures = [batcher.submit(i) for i in range(4)]
-        assert [f.result(30) for f in futures] == [1, 2, 3, 4]
-    finally:
-        batcher.close()
-    with pytest.raises(ValueError, match="worker"):
-        MicroBatcher(run, workers=0)
-
-
 def test_batching_config_checks_its_window():
     from mmrec.serving.batching import BatchingConfig
 
@@ -430,11 +330,9 @@ def test_batching_config_checks_its_window():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_process", [False, True], ids=["in-process", "model-process"])
-def test_concurrent_requests_to_a_batching_server_get_their_answers_alone(tmp_path, emoji_market, model_process):
+def test_concurrent_requests_to_a_batching_server_get_their_answers_alone(tmp_path, emoji_market):
     """8 concurrent /recommend and /search requests (batched on the server) get the answers the same
-    requests get one at a time; each keeps its own filter, k and market. The same with the model in a
-    process of its own (`--model-process`)."""
+    requests get one at a time; each keeps its own filter, k and market."""
     import httpx
     from service_support import Server
 
@@ -474,8 +372,7 @@ def test_concurrent_requests_to_a_batching_server_get_their_answers_alone(tmp_pa
         bodies.append(body)
     queries = [{"q": t, "k": 3 + n % 3, **({"market": "JP"} if n % 2 else {})}
                for n, t in enumerate(["Banane", "バナナ", "Fahrrad", "自転車", "Gitarre", "ギター", "Regenschirm", "傘"])]
-    srv = Server(data, "--image-encoder", "none", "--model", str(ckpt), "--batch-window-ms", "200",
-                 "--model-process" if model_process else "--no-model-process")
+    srv = Server(data, "--image-encoder", "none", "--model", str(ckpt), "--batch-window-ms", "200")
     try:
         def recommend(body):
             r = srv.client.post("/recommend", json=body)

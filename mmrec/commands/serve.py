@@ -59,10 +59,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="micro-batching: concurrent /recommend (model) and /search requests arriving within MS "
                              "milliseconds are answered in one model forward / encoder call and one batched index "
                              "query; 0 turns it off [%g]" % _default_window())
-    parser.add_argument("--model-process", action=argparse.BooleanOptionalAction, default=True,
-                        help="rank /recommend in a child process per model (with --threads torch threads) that reads "
-                             "the store through this one, so that model work and HTTP use two cores (README: "
-                             "latency); --no-model-process keeps the model in this process [on]")
     parser.add_argument("--language-fair-search", action="store_true",
                         help="order an unfiltered /search language-fairly: each listing against the best ones in its own "
                              "language (CSLS-style; helps queries in languages the text space leans on, can demote a "
@@ -243,7 +239,6 @@ def run(args: argparse.Namespace) -> int:
     from mmrec.serving.app import create_app, open_services
     from mmrec.serving.event_log import EventLogInUse
     from mmrec.serving.interaction_log import EventLogError
-    from mmrec.serving.model_process import ModelProcessError
     from mmrec.serving.language_rank import LanguageRankConfig
     from mmrec.store.catalog_store import CatalogConfig
 
@@ -273,9 +268,8 @@ def run(args: argparse.Namespace) -> int:
         services = open_services(args.data_dir, config, model=args.model if variants is None else None,
                                  events=events, variants=variants, experiment=args.experiment,
                                  exploration=exploration, batching=batching,
-                                 language_rank=LanguageRankConfig(enabled=args.language_fair_search),
-                                 model_process=args.model_process, model_threads=args.threads)
-    except (StoreError, SchemaError, EventLogInUse, EventLogError, ModelProcessError, ValueError, OSError) as exc:
+                                 language_rank=LanguageRankConfig(enabled=args.language_fair_search))
+    except (StoreError, SchemaError, EventLogInUse, EventLogError, ValueError, OSError) as exc:
         raise UserError(str(exc)) from None
     except (RuntimeError, ImportError) as exc:  # encoder specs that cannot be loaded here
         raise UserError(f"cannot load the encoders ({args.text_encoder!r}, {args.image_encoder!r}): {exc}") from None

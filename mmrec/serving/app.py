@@ -17,9 +17,7 @@ Routes live in mmrec/serving/api/ (one module per resource) and get what they wo
 Endpoints are plain `def`s, which FastAPI runs in its thread pool, except /recommend and /search: they
 are `async` and hand their work to micro-batchers (mmrec/serving/batching.py), one worker thread each, so
 concurrent requests share one model forward / one text-encoder call and one batched index query, and the
-event loop never runs the CPU-bound part. With `model_process` (the `mmrec serve` default) each model variant
-ranks in a child process of its own that reads the store through this one (mmrec/serving/model_process.py):
-HTTP and search here, model work there, two cores. The catalog serialises encoder calls with a lock (torch models
+event loop never runs the CPU-bound part. The catalog serialises encoder calls with a lock (torch models
 are not re-entrant), the vector store and the event log handle their own concurrency. Every input is validated before anything is written, so a request that fails changes
 nothing; every refusal is a 4xx with a short reason (see mmrec/serving/api/errors.py and SECURITY.md).
 Run it with `mmrec serve` (mmrec/commands/serve.py).
@@ -123,8 +121,7 @@ def open_services(data_dir: str | Path, config: Any, model: str | Path | None = 
                   events: str | None = None, variants: Sequence[Variant] | None = None,
                   experiment: str = "default", exploration: Mapping[str, Any] | None = None,
                   batching: BatchingConfig | None = None,
-                  language_rank: LanguageRankConfig | None = None, model_process: bool = False,
-                  model_threads: int = 1) -> Services:
+                  language_rank: LanguageRankConfig | None = None) -> Services:
     """Open (or create) the catalog and market list in `data_dir`, the interaction log (`events`: None for
     the files in `data_dir`, or a redis:// URL) and the models behind /recommend: `variants` (each a
     checkpoint path or "content", with its traffic share), or one variant "default" of `model` (a fusion
@@ -133,9 +130,7 @@ def open_services(data_dir: str | Path, config: Any, model: str | Path | None = 
     give new items a share of slots, from the log's per-item impressions and clicks (`mmrec serve --explore`).
     `batching`: micro-batching of concurrent /recommend and /search requests (default: on, a
     `BatchingConfig()` window; `BatchingConfig(window_ms=0)`: every request on its own). `language_rank`: the
-    language-fair ordering of an unfiltered /search (default: off, plain similarity). `model_process`: each
-    model variant ranks in a child process of its own (`mmrec.serving.model_process`; `model_threads` torch
-    threads each), so that model work and HTTP run on two cores."""
+    language-fair ordering of an unfiltered /search (default: off, plain similarity)."""
     from mmrec.serving.logs import open_interaction_log
     from mmrec.serving.markets import Markets
     from mmrec.store.catalog_store import CatalogStore
@@ -154,19 +149,14 @@ def open_services(data_dir: str | Path, config: Any, model: str | Path | None = 
     except Exception:
         event_log.close()
         raise
-    loaded: list[Variant] = []
     try:
-        for v in variants:
-            loaded.append(_load(v, catalog, exploration.get(v.name), event_log, model_process, model_threads))
+        loaded = tuple(_load(v, catalog, exploration.get(v.name), event_log) for v in variants)
     except Exception:
-        for v in loaded:
-            if v.ranker is not None:
-                v.ranker.close()
         catalog.close()
         event_log.close()
         raise
     return Services(catalog=catalog, events=event_log, markets=Markets(catalog.store, data_dir / "markets.json"),
-                    variants=tuple(loaded), experiment=experiment, batching=batching or BatchingConfig(),
+                    variants=loaded, experiment=experiment, batching=batching or BatchingConfig(),
                     language_rank=language_rank or LanguageRankConfig())
 
 
@@ -180,21 +170,15 @@ def _check_exploration(variants: Sequence[Variant], exploration: Mapping[str, An
             raise ValueError(f"--explore: variant {name!r} is content-based; exploration needs a model variant")
 
 
-def _load(variant: Variant, catalog: Any, exploration: Any = None, event_log: Any = None,
-          in_process_of_its_own: bool = False, threads: int = 1) -> Variant:
+def _load(variant: Variant, catalog: Any, exploration: Any = None, event_log: Any = None) -> Variant:
     if variant.source == CONTENT:
         return variant
     from mmrec.serving.two_stage import ServingConfig, load_ranker
 
-    explore = exploration is not None and exploration.enabled
-    config = ServingConfig(exploration=exploration) if explore else None
-    counts = event_log.item_counts if explore else None
-    if in_process_of_its_own:
-        from mmrec.serving.model_process import RemoteRanker
-
-        return replace(variant, ranker=RemoteRanker(variant.source, catalog.store, config, item_counts=counts,
-                                                    expect_vectors_version=catalog.encoder.space, threads=threads))
-    return replace(variant, ranker=load_ranker(variant.source, catalog, config, item_counts=counts))
+    if exploration is None or not exploration.enabled:
+        return replace(variant, ranker=load_ranker(variant.source, catalog))
+    return replace(variant, ranker=load_ranker(variant.source, catalog, ServingConfig(exploration=exploration),
+                                               item_counts=event_log.item_counts))
 
 
 def open_service(data_dir: str | Path, config: Any, model: str | Path | None = None,

@@ -61,29 +61,21 @@ class BatcherClosed(RuntimeError):
 
 
 class MicroBatcher(Generic[Req, Res]):
-    """Collects submitted requests into batches for `run_batch`, run on `workers` threads (more than one only
-    when `run_batch` hands its work to other processes, e.g. `mmrec.serving.model_process`: then one batch's
-    work here overlaps another's there)."""
+    """Collects submitted requests into batches for `run_batch`, run on one worker thread."""
 
     def __init__(self, run_batch: Callable[[list[Req]], Sequence[Res]], config: BatchingConfig | None = None,
-                 *, name: str = "batcher", workers: int = 1) -> None:
+                 *, name: str = "batcher") -> None:
         self.config = config or BatchingConfig()
         self.name = name
         self._run_batch = run_batch
         self._queue: deque[tuple[float, Req, Future]] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._in_system = 1  # the last batch, the requests queued when it was answered and those still running
-        self._running = 0  # requests in batches that workers are running now
-        self._taking = threading.Lock()
+        self._in_system = 1  # the last batch and the requests queued when it was answered (how many to wait for)
         self.batches = 0  # how many batches ran, and how many requests they held (for tests and logs)
         self.requests = 0
-        if workers < 1:
-            raise ValueError(f"a batcher needs >= 1 worker, got {workers}")
-        self._threads = [threading.Thread(target=self._loop, name=f"mmrec-{name}-{i}", daemon=True)
-                         for i in range(workers)]
-        for thread in self._threads:
-            thread.start()
+        self._thread = threading.Thread(target=self._loop, name=f"mmrec-{name}", daemon=True)
+        self._thread.start()
 
     def submit(self, request: Req) -> Future:
         """Queue a request; the future gets its answer (or its exception)."""
@@ -104,9 +96,8 @@ class MicroBatcher(Generic[Req, Res]):
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
         if self.batches:
             log.info("%s: %d requests in %d batches (%.1f per batch)", self.name, self.requests, self.batches,
                      self.requests / self.batches)
@@ -120,15 +111,14 @@ class MicroBatcher(Generic[Req, Res]):
         Waiting for that count, not for a full batch, keeps a lone client from paying the window (it never
         waits) while concurrent clients whose answers just went out get the moment they need to send their
         next request and join the batch, instead of splitting into two cohorts that take turns in
-        half-size batches (counting the queue at take time instead keeps such a split going forever). With
-        several workers, the requests running in other workers' batches are not waited for."""
+        half-size batches (counting the queue at take time instead keeps such a split going forever)."""
         window = self.config.window_ms / 1000.0
-        with self._taking, self._cond:  # one worker gathers a batch at a time
+        with self._cond:
             while not self._queue:
                 if self._closed:
                     return None
                 self._cond.wait()
-            want = min(max(self._in_system - self._running, 1), self.config.max_batch)  # not those still running
+            want = min(self._in_system, self.config.max_batch)
             deadline = time.monotonic() + window
             while len(self._queue) < want and not self._closed:
                 left = deadline - time.monotonic()
@@ -136,7 +126,6 @@ class MicroBatcher(Generic[Req, Res]):
                     break
                 self._cond.wait(left)
             n = min(len(self._queue), self.config.max_batch)
-            self._running += n
             return [self._queue.popleft() for _ in range(n)]
 
     def _loop(self) -> None:
@@ -145,18 +134,14 @@ class MicroBatcher(Generic[Req, Res]):
             if batch is None:
                 return
             live = [(r, f) for _, r, f in batch if f.set_running_or_notify_cancel()]
-            try:
-                if live:
-                    self._execute(live)
-            finally:
-                with self._cond:
-                    self._running -= len(batch)
-                    self._in_system = max(len(batch) + len(self._queue) + self._running, 1)
+            if live:
+                self._execute(live)
+            with self._cond:
+                self._in_system = max(len(batch) + len(self._queue), 1)
 
     def _execute(self, batch: list[tuple[Req, Future]]) -> None:
-        with self._cond:  # several workers may count at once
-            self.batches += 1
-            self.requests += len(batch)
+        self.batches += 1
+        self.requests += len(batch)
         try:
             answers = list(self._run_batch([r for r, _ in batch]))
             if len(answers) != len(batch):

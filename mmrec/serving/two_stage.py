@@ -72,7 +72,6 @@ class ServingConfig:
 
 
 REASONS = ("sequential", "leave_one_out", "cosine")
-RANKING_PAYLOAD_KEYS = ("product_id", "market")  # all that ranking reads of a retrieved candidate's payload
 TABLE_CACHE_ROWS = 1 << 18  # candidates' item_table rows kept (64-d: 64 MB); the oldest are replaced first
 ItemCounts = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
 """item ids -> (impressions (n,), clicks (n,)) from the service's impression log (0 for unknown items)."""
@@ -132,11 +131,6 @@ class TwoStageRecommender:
         ck = load_checkpoint(path, expect_vectors_version=expect_vectors_version)
         return cls(ck.model, ck.id_items, store, config, id_key=ck.id_key, vectors_version=ck.vectors_version,
                    item_counts=item_counts)
-
-    parallel_batches = 1  # batches the service may run at once (`RemoteRanker`: one per conversation)
-
-    def close(self) -> None:
-        """Nothing to release (the store belongs to the caller); `RemoteRanker.close` stops its process."""
 
     # ---------------------------------------------------------------- pieces
 

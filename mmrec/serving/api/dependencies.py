@@ -44,8 +44,8 @@ class Services:
     _batchers_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _closed: bool = field(default=False, init=False, repr=False)
 
-    def batcher(self, name: str, run_batch: Callable[[list[Any]], list[Any]], workers: int = 1) -> MicroBatcher:
-        """The batcher `name` (`workers` threads, started on first use), running `run_batch`."""
+    def batcher(self, name: str, run_batch: Callable[[list[Any]], list[Any]]) -> MicroBatcher:
+        """The batcher `name` (one worker thread each, started on first use), running `run_batch`."""
         batcher = self._batchers.get(name)
         if batcher is None:
             with self._batchers_lock:
@@ -53,8 +53,7 @@ class Services:
                     raise HTTPException(503, "the service is shutting down")
                 batcher = self._batchers.get(name)
                 if batcher is None:
-                    batcher = self._batchers[name] = MicroBatcher(run_batch, self.batching, name=f"{name} batcher",
-                                                                 workers=workers)
+                    batcher = self._batchers[name] = MicroBatcher(run_batch, self.batching, name=f"{name} batcher")
         return batcher
 
     def close(self) -> None:
@@ -64,9 +63,6 @@ class Services:
         try:
             for batcher in batchers:  # the batches already queued finish before the store closes
                 batcher.close()
-            for variant in self.variants:  # a model process reads the store through this one: stopped first
-                if variant.ranker is not None:
-                    variant.ranker.close()
         finally:
             try:
                 self.catalog.close()

@@ -1,4 +1,4 @@
-"""Every error the service answers is a 4xx (or a 503 when the vector store, the event log or a model process is down) with
+"""Every error the service answers is a 4xx (or a 503 when the vector store or the event log is down) with
 a short reason, as `{"detail": "..."}`: never a traceback, never more than a few words of the client's own
 input (which may be huge, or not even encodable as UTF-8), never a memory address."""
 from __future__ import annotations
@@ -15,7 +15,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from encoders.base import ImageDecodeError
 from index import DimensionError, PayloadError, StoreError, UnknownItemError
 from mmrec.serving.interaction_log import EventLogError
-from mmrec.serving.model_process import ModelProcessError
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +70,6 @@ def _log_down(request: Request, exc: EventLogError) -> JSONResponse:
     return JSONResponse({"detail": "event log unavailable"}, status_code=503)
 
 
-def _model_down(request: Request, exc: ModelProcessError) -> JSONResponse:
-    log.error("model process error on %s: %s", request.url.path, exc)
-    return JSONResponse({"detail": "model unavailable"}, status_code=503)
-
-
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return JSONResponse({"detail": "internal error"}, status_code=500)
@@ -90,5 +84,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(UnknownItemError, _status(404))
     app.add_exception_handler(StoreError, _store_down)  # type: ignore[arg-type]
     app.add_exception_handler(EventLogError, _log_down)  # type: ignore[arg-type]
-    app.add_exception_handler(ModelProcessError, _model_down)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)

@@ -50,8 +50,7 @@ async def recommend(body: RecommendIn, services: ServicesDep, telemetry: Telemet
     variant = pick(services.variants, body.user_id if body.user_id is not None else request_id, services.experiment)
     call = RecommendCall(body, flt, variant, request_id)
     if variant.ranker is not None and services.batching.enabled:
-        batcher = services.batcher(f"recommend:{variant.name}", lambda calls: answer_calls(services, telemetry, calls),
-                                   workers=variant.ranker.parallel_batches)
+        batcher = services.batcher(f"recommend:{variant.name}", lambda calls: answer_calls(services, telemetry, calls))
         return await batcher.run(call)
     return (await run_in_threadpool(answer_calls, services, telemetry, [call]))[0]
 
