@@ -269,6 +269,45 @@ def test_recommend_many_refuses_a_bad_request_before_running_any(world):
     assert ranker.recommend_many([]) == []
 
 
+def test_content_recommend_many_answers_what_recommend_answers_alone(tmp_path, emoji_market):
+    """Content-based recommending in a batch (`CatalogStore.recommend_many`: one vector read, one batched grouped
+    search) gives each request the answer it gets alone: mixed filters, k, negatives, unknown and empty histories."""
+    from mmrec.data.schema import Item
+    from mmrec.store.catalog_store import CatalogConfig, CatalogStore, ContentRequest
+
+    items = emoji_market.items.filter(lambda m: m in ("DE", "JP", "US"), input_columns="market")
+    rows = items.to_list()
+    catalog = CatalogStore.open(tmp_path / "data", CatalogConfig(text_encoder="use-m3", image_encoder=None))
+    try:
+        catalog.upsert_items([Item(item_id=r["item_id"], product_id=r["product_id"], title=r["title"],
+                                   language=r["language"], market=r["market"], category=r["category"],
+                                   in_stock=i % 6 != 0) for i, r in enumerate(rows)])
+        ids = [r["item_id"] for r in rows]
+        product_of = {r["item_id"]: r["product_id"] for r in rows}
+        rng = np.random.default_rng(0)
+        requests = []
+        for n in range(12):
+            history = [ids[int(j)] for j in rng.choice(len(ids), size=1 + n % 5, replace=False)]
+            requests.append(ContentRequest(history + (["no-such-item"] if n % 4 == 3 else []), k=[10, 3, 6][n % 3],
+                                           filter=[None, Filter(markets="JP"), Filter(in_stock=True)][n % 3],
+                                           negatives=[ids[int(rng.integers(len(ids)))]] if n % 5 == 4 else ()))
+        requests += [ContentRequest(["no-such-item"], k=5), ContentRequest([], k=5)]
+        batched = catalog.recommend_many(requests)
+        alone = [catalog.recommend(r.history, r.k, r.filter, negatives=r.negatives) for r in requests]
+    finally:
+        catalog.close()
+    assert batched[-2:] == [([], []), ([], [])] and sum(bool(recs) for recs, _ in alone) >= 10
+    for r, (recs, used), (recs1, used1) in zip(requests, batched, alone, strict=True):
+        assert used == used1 and "no-such-item" not in used
+        assert [x.item_id for x in recs] == [x.item_id for x in recs1] and len(recs) <= r.k
+        assert np.allclose([x.score for x in recs], [x.score for x in recs1], atol=1e-6)
+        assert [x.reasons for x in recs] == [x.reasons for x in recs1]
+        seen = {product_of[i] for i in (*r.history, *r.negatives) if i in product_of}
+        assert not {x.payload["product_id"] for x in recs} & seen  # no product seen (or disliked) again
+        if r.filter is not None and r.filter.markets:
+            assert all(x.payload["market"] == "JP" for x in recs)
+
+
 # ------------------------------------------------------------------------------------------------------
 # MicroBatcher
 

@@ -20,7 +20,7 @@ import numpy as np
 from cachetools import LRUCache
 
 from encoders.base import ImageInput
-from index import CollectionSchema, Filter, Group, Point, VectorStore, open_store
+from index import CollectionSchema, Filter, Group, Point, SearchRequest, VectorStore, open_store
 from index.store import average_vector_query
 from mmrec.data.schema import Item
 from mmrec.embedding.item_encoder import EncoderConfig, ItemEncoder, load_item_encoder
@@ -91,6 +91,16 @@ class VectorCache:
         with self._lock:
             for i in item_ids:
                 self._data.pop(i, None)
+
+
+@dataclass
+class ContentRequest:
+    """One request of a batch (`CatalogStore.recommend_many`): the arguments of `recommend`."""
+
+    history: Sequence[str]
+    k: int = 10
+    filter: Filter | None = None
+    negatives: Sequence[str] = ()
 
 
 @dataclass
@@ -274,32 +284,51 @@ class CatalogStore:
         or product already seen. Each result carries as reasons the history items whose removal lowers
         its score most, with that drop (`leave_one_out_reasons`). Returns (recommendations, history item
         ids actually used, newest first)."""
-        neg_set = set(negatives)
-        recent = [i for i in dict.fromkeys(reversed(list(history))) if i not in neg_set][:max_history]
-        known = self.item_vectors(recent)
-        used = [i for i in recent if i in known]  # newest first; deleted items drop out
-        if not used:
-            return [], []
-        negs = self.item_vectors(list(dict.fromkeys(negatives))[:max_history]) if negatives else {}
-        hist = np.stack([known[i][0] for i in used])
-        neg_vectors = np.stack([v for v, _ in negs.values()]) if negs else None
-        query = average_vector_query(hist, neg_vectors)
-        if not np.any(query):
-            return [], used
-        # Every stored item has a product_id (it defaults to the item id), so excluding the history's
-        # products also excludes the history items themselves.
-        products = sorted({product for _, product in [*known.values(), *negs.values()]})
-        groups = self.store.search_groups(query, k=k, filter=merge_filter(filter, exclude_products=products))
-        hits = [g.hits[0] for g in groups]
-        result_vectors = self.item_vectors([h.item_id for h in hits])
-        recs = []
-        for hit in hits:
-            reasons: list[tuple[str, float]] = []
-            if hit.item_id in result_vectors:
-                drops = leave_one_out_reasons(hist, neg_vectors, result_vectors[hit.item_id][0])
-                reasons = [(used[int(j)], float(drops[j])) for j in np.argsort(-drops, kind="stable")[:2] if drops[j] > 0]
-            recs.append(Recommendation(hit.item_id, hit.score, hit.payload, reasons))
-        return recs, used
+        return self.recommend_many([ContentRequest(history, k, filter, negatives)], max_history)[0]
+
+    def recommend_many(self, requests: Sequence[ContentRequest], max_history: int = 50
+                       ) -> list[tuple[list[Recommendation], list[str]]]:
+        """`recommend` for several requests at once (the service's micro-batches): one read of every
+        history's vectors, one batched grouped search, one read of the results' vectors; answer i is what
+        `recommend` gives request i alone."""
+        plans = []
+        for r in requests:
+            excluded = set(r.negatives)
+            recent = [i for i in dict.fromkeys(reversed(list(r.history))) if i not in excluded][:max_history]
+            plans.append((recent, list(dict.fromkeys(r.negatives))[:max_history]))
+        known = self.item_vectors(list(dict.fromkeys(i for recent, negs in plans for i in (*recent, *negs))))
+        out: list[tuple[list[Recommendation], list[str]]] = [([], []) for _ in requests]
+        searches = []  # (request index, history ids used, their vectors, negatives' vectors, the search)
+        for n, (r, (recent, negs)) in enumerate(zip(requests, plans)):
+            used = [i for i in recent if i in known]  # newest first; deleted items drop out
+            if not used:
+                continue
+            negs = [i for i in negs if i in known]
+            hist = np.stack([known[i][0] for i in used])
+            neg_vectors = np.stack([known[i][0] for i in negs]) if negs else None
+            query = average_vector_query(hist, neg_vectors)
+            if not np.any(query):
+                out[n] = ([], used)
+                continue
+            # Every stored item has a product_id (it defaults to the item id), so excluding the history's
+            # products also excludes the history items themselves.
+            products = sorted({known[i][1] for i in (*used, *negs)})
+            searches.append((n, used, hist, neg_vectors,
+                             SearchRequest(query, k=r.k, filter=merge_filter(r.filter, exclude_products=products))))
+        found = self.store.search_groups_batch([s[-1] for s in searches]) if searches else []
+        pages = [[g.hits[0] for g in groups] for groups in found]
+        result_vectors = self.item_vectors(list(dict.fromkeys(h.item_id for hits in pages for h in hits)))
+        for (n, used, hist, neg_vectors, _), hits in zip(searches, pages):
+            recs = []
+            for hit in hits:
+                reasons: list[tuple[str, float]] = []
+                if hit.item_id in result_vectors:
+                    drops = leave_one_out_reasons(hist, neg_vectors, result_vectors[hit.item_id][0])
+                    reasons = [(used[int(j)], float(drops[j])) for j in np.argsort(-drops, kind="stable")[:2]
+                               if drops[j] > 0]
+                recs.append(Recommendation(hit.item_id, hit.score, hit.payload, reasons))
+            out[n] = (recs, used)
+        return out
 
     def close(self) -> None:
         if self._indexing is not None:

@@ -1,10 +1,11 @@
 """POST /recommend: recommendations with reasons, for a user (from their events) or an ad-hoc history,
 from the A/B variant the user is assigned to; the answer carries a request id and is logged as an impression.
 
-Requests for a model variant are micro-batched (`mmrec serve --batch-window-ms`, mmrec/serving/batching.py):
-the concurrent requests of a few milliseconds are looked up, embedded and ranked together on the variant's
-batch thread (`TwoStageRecommender.recommend_many`: one forward, one batched index query), each answered as
-it would be alone, and their impressions logged in one durable write. The event loop only validates and awaits.
+Requests are micro-batched per variant (`mmrec serve --batch-window-ms`, mmrec/serving/batching.py): the
+concurrent requests of a few milliseconds are looked up, embedded and ranked together on the variant's batch
+thread (a model: `TwoStageRecommender.recommend_many`, one forward and one batched index query; content-based:
+`CatalogStore.recommend_many`, one batched grouped search), each answered as it would be alone, and their
+impressions logged in one durable write. The event loop only validates and awaits.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from mmrec.serving.api.schemas import (
 from mmrec.serving.api.telemetry import Telemetry
 from mmrec.serving.interaction_log import new_request_id
 from mmrec.serving.variants import Variant, pick
+from mmrec.store.catalog_store import ContentRequest
 
 router = APIRouter(tags=["recommend"])
 
@@ -49,7 +51,7 @@ async def recommend(body: RecommendIn, services: ServicesDep, telemetry: Telemet
     request_id = new_request_id()
     variant = pick(services.variants, body.user_id if body.user_id is not None else request_id, services.experiment)
     call = RecommendCall(body, flt, variant, request_id)
-    if variant.ranker is not None and services.batching.enabled:
+    if services.batching.enabled:
         batcher = services.batcher(f"recommend:{variant.name}", lambda calls: answer_calls(services, telemetry, calls))
         return await batcher.run(call)
     return (await run_in_threadpool(answer_calls, services, telemetry, [call]))[0]
@@ -57,8 +59,8 @@ async def recommend(body: RecommendIn, services: ServicesDep, telemetry: Telemet
 
 def answer_calls(services: Services, telemetry: Telemetry, calls: list[RecommendCall]) -> list[dict[str, Any]]:
     """The answers to these requests, logged as impressions (one durable write for all): one store read
-    for the ad-hoc histories' ids, one `recommend_many` per model variant, content-based requests one by
-    one."""
+    for the ad-hoc histories' ids, one `recommend_many` per model variant and one for the content-based
+    requests."""
     wanted = list(dict.fromkeys(i for c in calls if c.body.user_id is None for i in c.body.history or []))
     # one read, with the vectors when a model ranks (recommend_many reuses it instead of reading again)
     using = sorted({c.variant.ranker.config.using for c in calls if c.variant.ranker is not None})
@@ -82,13 +84,19 @@ def answer_calls(services: Services, telemetry: Telemetry, calls: list[Recommend
         sources.append(source)
     ranked: list[tuple[list, list[str]] | None] = [None] * len(calls)
     by_ranker: dict[int, list[int]] = {}
+    content: list[int] = []
     for i, c in enumerate(calls):
         if not histories[i]:
             ranked[i] = ([], [])
         elif c.variant.ranker is not None:  # the fusion transformer reads the events themselves
             by_ranker.setdefault(id(c.variant.ranker), []).append(i)
         else:
-            ranked[i] = services.catalog.recommend(histories[i], c.body.k, c.flt, negatives=negatives[i])
+            content.append(i)
+    if content:
+        answers = services.catalog.recommend_many([ContentRequest(histories[i], calls[i].body.k, calls[i].flt,
+                                                                  negatives[i]) for i in content])
+        for i, a in zip(content, answers):
+            ranked[i] = a
     if by_ranker:
         from mmrec.serving.two_stage import RecommendRequest
 
